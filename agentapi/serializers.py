@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from jobs import validation
+from jobs.models import CallState, Function
+from hpcsera.errors import BadInput
+
+
+class FunctionOffer(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    runner = serializers.ChoiceField(choices=Function.Runner.choices)
+    idempotent = serializers.BooleanField(default=False)
+
+    def validate_name(self, value: str) -> str:
+        try:
+            return validation.function_name(value)
+        except BadInput as exc:
+            raise serializers.ValidationError(exc.detail)
+
+
+class Registration(serializers.Serializer):
+    site = serializers.CharField(max_length=64)
+    capabilities = serializers.ListField(
+        child=serializers.ChoiceField(choices=Function.Runner.choices), max_length=8
+    )
+    functions = FunctionOffer(many=True, max_length=1000)
+    version = serializers.CharField(max_length=32, allow_blank=True, default="")
+
+    def validate_site(self, value: str) -> str:
+        try:
+            return validation.site_name(value)
+        except BadInput as exc:
+            raise serializers.ValidationError(exc.detail)
+
+    def validate_functions(self, value: list[dict]) -> list[dict]:
+        names = [f["name"] for f in value]
+        if len(names) != len(set(names)):
+            raise serializers.ValidationError("function names must be unique")
+        return value
+
+
+class Claim(serializers.Serializer):
+    max = serializers.IntegerField(min_value=1, default=1)
+    wait = serializers.FloatField(min_value=0, default=0)
+
+    def validate_max(self, value: int) -> int:
+        return min(value, settings.HPCSERA["CLAIM_MAX_CALLS"])
+
+    def validate_wait(self, value: float) -> float:
+        return min(value, settings.HPCSERA["CLAIM_WAIT_SECONDS"])
+
+
+REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED]
+
+
+class Report(serializers.Serializer):
+    state = serializers.ChoiceField(choices=REPORTABLE)
+    exit_code = serializers.IntegerField(required=False, allow_null=True)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    batch_job_id = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    stdout = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    stdout_truncated = serializers.BooleanField(required=False)
+    stderr_tail = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False
+    )
+
+    def validate_stdout(self, value: str) -> str:
+        if len(value.encode("utf-8")) > settings.HPCSERA["MAX_OUTPUT_BYTES"]:
+            raise serializers.ValidationError("stdout is larger than the output limit")
+        return value
+
+    def validate_stderr_tail(self, value: str) -> str:
+        return value[-settings.HPCSERA["MAX_TAIL_CHARS"] :]

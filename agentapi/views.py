@@ -1,0 +1,88 @@
+"""What agents call: register an inventory, long-poll for work, report states."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agentapi import serializers
+from hpcsera.notify import wait_until
+from jobs import selectors
+from jobs.models import FunctionCall
+from jobs.services import agent_register, call_report, calls_claim, work_channel
+from tokens import roles
+
+
+def _lease(call: FunctionCall) -> dict:
+    return {
+        "id": str(call.id),
+        "job_id": str(call.job_id),
+        "function": call.function,
+        "mode": call.mode,
+        "args": call.args,
+        "input": call.input,
+        "time_limit_seconds": call.time_limit_seconds,
+        "lease_expires_at": call.lease_expires_at.isoformat(),
+    }
+
+
+class AgentRegisterView(APIView):
+    required_roles = {"POST": {roles.GET_JOB}}
+
+    def post(self, request: Request) -> Response:
+        data = serializers.Registration(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = agent_register(token=request.auth, **data.validated_data)
+        return Response(
+            {
+                "agent_id": str(agent.id),
+                "site": agent.site,
+                "functions": sorted(f["name"] for f in data.validated_data["functions"]),
+                "claim_wait_seconds": settings.HPCSERA["CLAIM_WAIT_SECONDS"],
+                "lease_seconds": settings.HPCSERA["LEASE_SECONDS"],
+            },
+            status=200,
+        )
+
+
+class AgentClaimView(APIView):
+    """Long-poll: answers as soon as work is leased, or empty after `wait`."""
+
+    required_roles = {"POST": {roles.GET_JOB}}
+
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.Claim(data=request.data)
+        data.is_valid(raise_exception=True)
+        lease_seconds = settings.HPCSERA["LEASE_SECONDS"]
+
+        def claim() -> list[FunctionCall]:
+            return calls_claim(
+                agent=agent, max_calls=data.validated_data["max"], lease_seconds=lease_seconds
+            )
+
+        calls = wait_until(
+            work_channel(agent.user_id, agent.tag),
+            claim,
+            data.validated_data["wait"],
+            on_long_wait=connection.close,
+        )
+        return Response({"calls": [_lease(c) for c in calls or []]})
+
+
+class AgentReportView(APIView):
+    required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
+
+    def post(self, request: Request, agent_id: str, call_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.Report(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        state = fields.pop("state")
+        call = call_report(
+            agent=agent, call_id=selectors.parse_uuid(call_id), state=state, fields=fields
+        )
+        return Response({"id": str(call.id), "state": call.state})

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Agent(models.Model):
+    """An agent of one user and tag, on one site (cluster)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents"
+    )
+    tag = models.CharField(max_length=63)
+    site = models.CharField(max_length=64)
+    capabilities = models.JSONField(default=list)
+    version = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "tag", "site"], name="agent_unique_site"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site} ({self.user}, {self.tag})"
+
+
+class Function(models.Model):
+    """A function an agent advertises in its inventory."""
+
+    class Runner(models.TextChoices):
+        LOCAL = "local"
+        SLURM = "slurm"
+        PBS = "pbs"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="functions")
+    name = models.CharField(max_length=64)
+    runner = models.CharField(max_length=8, choices=Runner.choices)
+    idempotent = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "name"], name="function_unique")
+        ]
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
+    )
+    tag = models.CharField(max_length=63)
+    name = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "tag", "-created_at"])]
+
+
+class CallState(models.TextChoices):
+    PENDING = "pending"
+    READY = "ready"
+    LEASED = "leased"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+TERMINAL_STATES = frozenset(
+    {CallState.SUCCEEDED, CallState.FAILED, CallState.CANCELLED, CallState.LOST}
+)
+
+# The states a call may move to each state from. Every state change is a
+# conditional UPDATE on this set, so two writers racing (an agent's report and
+# a cancellation, two agents claiming) cannot both win.
+ALLOWED_FROM = {
+    CallState.READY: {CallState.PENDING, CallState.LEASED},
+    CallState.LEASED: {CallState.READY},
+    CallState.RUNNING: {CallState.LEASED},
+    CallState.SUCCEEDED: {CallState.LEASED, CallState.RUNNING},
+    CallState.FAILED: {
+        CallState.PENDING,
+        CallState.READY,
+        CallState.LEASED,
+        CallState.RUNNING,
+    },
+    CallState.CANCELLED: {
+        CallState.PENDING,
+        CallState.READY,
+        CallState.LEASED,
+        CallState.RUNNING,
+    },
+    CallState.LOST: {CallState.LEASED, CallState.RUNNING},
+}
+
+
+class FunctionCall(models.Model):
+    class Mode(models.TextChoices):
+        SYNC = "sync"
+        ASYNC = "async"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="calls")
+    # Copied from the job so that claiming work needs no join.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    tag = models.CharField(max_length=63)
+    function = models.CharField(max_length=64)
+    mode = models.CharField(max_length=5, choices=Mode.choices)
+    site = models.CharField(max_length=64, blank=True)
+    args = models.JSONField(default=dict)
+    # The JSON body exactly as received; neither server nor agent interprets it.
+    input = models.TextField(null=True, blank=True)
+    time_limit_seconds = models.PositiveIntegerField(null=True, blank=True)
+
+    state = models.CharField(
+        max_length=10, choices=CallState.choices, default=CallState.READY
+    )
+    reason = models.TextField(blank=True)
+    agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls"
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    batch_job_id = models.CharField(max_length=64, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stdout_truncated = models.BooleanField(default=False)
+    stderr_tail = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    leased_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Claiming looks only at ready calls of one user and tag; the partial
+            # index stays as small as the queue however many calls finished.
+            models.Index(
+                fields=["user", "tag", "function", "created_at"],
+                name="call_ready_queue",
+                condition=models.Q(state="ready"),
+            ),
+        ]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES

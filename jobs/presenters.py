@@ -1,0 +1,102 @@
+"""How jobs and calls look in API answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.urls import reverse
+
+from jobs.models import TERMINAL_STATES, CallState, FunctionCall, Job
+
+
+def call_result(call: FunctionCall) -> Any:
+    """The function's result: its stdout as JSON when it is JSON, else as text."""
+    try:
+        return json.loads(call.stdout)
+    except ValueError:
+        return call.stdout
+
+
+def _iso(value) -> str | None:  # noqa: ANN001
+    return value.isoformat() if value else None
+
+
+def call_urls(call: FunctionCall) -> dict[str, str]:
+    return {
+        "status_url": reverse("call-detail", args=[call.id]),
+        "job_url": reverse("job-detail", args=[call.job_id]),
+    }
+
+
+def call_summary(call: FunctionCall) -> dict[str, Any]:
+    return {
+        "job_id": str(call.job_id),
+        "call_id": str(call.id),
+        "function": call.function,
+        "state": call.state,
+        **call_urls(call),
+    }
+
+
+def call_detail(call: FunctionCall) -> dict[str, Any]:
+    output = call_result(call) if call.state == CallState.SUCCEEDED else None
+    duration = None
+    if call.started_at and call.finished_at:
+        duration = (call.finished_at - call.started_at).total_seconds()
+    return {
+        "id": str(call.id),
+        "job_id": str(call.job_id),
+        "function": call.function,
+        "mode": call.mode,
+        "site": call.site or None,
+        "agent_site": call.agent.site if call.agent_id and call.agent else None,
+        "args": call.args,
+        "has_input": call.input is not None,
+        "time_limit_seconds": call.time_limit_seconds,
+        "state": call.state,
+        "terminal": call.state in TERMINAL_STATES,
+        "reason": call.reason,
+        "exit_code": call.exit_code,
+        "batch_job_id": call.batch_job_id or None,
+        "output": output,
+        "stdout": call.stdout,
+        "stdout_truncated": call.stdout_truncated,
+        "stderr_tail": call.stderr_tail,
+        "timings": {
+            "created_at": _iso(call.created_at),
+            "leased_at": _iso(call.leased_at),
+            "started_at": _iso(call.started_at),
+            "finished_at": _iso(call.finished_at),
+            "duration_seconds": duration,
+        },
+        **call_urls(call),
+    }
+
+
+def job_state(states: list[str]) -> str:
+    """One word for a job: the worst finished state, or how far it has come."""
+    if not states:
+        return "empty"
+    for state in (CallState.FAILED, CallState.LOST, CallState.CANCELLED):
+        if state in states and all(s in TERMINAL_STATES for s in states):
+            return state
+    if all(s == CallState.SUCCEEDED for s in states):
+        return CallState.SUCCEEDED
+    if any(s in (CallState.RUNNING, CallState.LEASED) for s in states):
+        return CallState.RUNNING
+    if any(s in TERMINAL_STATES for s in states):
+        return CallState.RUNNING
+    return CallState.PENDING
+
+
+def job_detail(job: Job, calls: list[FunctionCall]) -> dict[str, Any]:
+    return {
+        "id": str(job.id),
+        "name": job.name,
+        "tag": job.tag,
+        "state": job_state([c.state for c in calls]),
+        "created_at": _iso(job.created_at),
+        "calls": [call_detail(c) for c in calls],
+        "url": reverse("job-detail", args=[job.id]),
+    }

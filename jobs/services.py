@@ -1,0 +1,193 @@
+"""Writes on jobs and calls. Views parse and authorize; the rules live here."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from hpcsera.errors import Conflict, NotFound
+from hpcsera.notify import hub
+from jobs.models import (
+    ALLOWED_FROM,
+    TERMINAL_STATES,
+    Agent,
+    CallState,
+    Function,
+    FunctionCall,
+    Job,
+)
+from tokens.models import Token
+
+logger = logging.getLogger(__name__)
+
+
+def work_channel(user_id: int, tag: str) -> str:
+    return f"work:{user_id}:{tag}"
+
+
+def call_channel(call_id: Any) -> str:
+    return f"call:{call_id}"
+
+
+def function_is_offered(*, token: Token, name: str, site: str = "") -> bool:
+    offers = Function.objects.filter(
+        agent__user_id=token.user_id, agent__tag=token.tag, name=name
+    )
+    if site:
+        offers = offers.filter(agent__site=site)
+    return offers.exists()
+
+
+def faas_submit(
+    *,
+    token: Token,
+    function: str,
+    mode: str,
+    args: dict[str, str],
+    input_text: str | None,
+    site: str = "",
+    time_limit_seconds: int | None = None,
+) -> FunctionCall:
+    """Queue one call of `function` in a job of its own; committed on return."""
+    if not function_is_offered(token=token, name=function, site=site):
+        where = f" on site {site!r}" if site else ""
+        raise NotFound(
+            f"No agent of yours offers the function {function!r}{where}.",
+            code="unknown_function",
+        )
+    with transaction.atomic():
+        job = Job.objects.create(user_id=token.user_id, tag=token.tag, name=function)
+        call = FunctionCall.objects.create(
+            job=job,
+            user_id=token.user_id,
+            tag=token.tag,
+            function=function,
+            mode=mode,
+            site=site,
+            args=args,
+            input=input_text,
+            time_limit_seconds=time_limit_seconds,
+            state=CallState.READY,
+        )
+        channel = work_channel(token.user_id, token.tag)
+        transaction.on_commit(lambda: hub().publish(channel))
+    logger.info("%s queued %s (%s)", call.id, function, mode)
+    return call
+
+
+def agent_register(
+    *,
+    token: Token,
+    site: str,
+    capabilities: list[str],
+    functions: list[dict[str, Any]],
+    version: str,
+) -> Agent:
+    """Create or refresh the agent of this user, tag and site, with its inventory."""
+    with transaction.atomic():
+        agent, _ = Agent.objects.select_for_update().get_or_create(
+            user_id=token.user_id,
+            tag=token.tag,
+            site=site,
+            defaults={"capabilities": capabilities, "version": version},
+        )
+        agent.capabilities = capabilities
+        agent.version = version
+        agent.last_seen_at = timezone.now()
+        agent.save(update_fields=["capabilities", "version", "last_seen_at"])
+        agent.functions.all().delete()
+        Function.objects.bulk_create(
+            Function(
+                agent=agent,
+                name=f["name"],
+                runner=f["runner"],
+                idempotent=f.get("idempotent", False),
+            )
+            for f in functions
+        )
+    logger.info("%s registered with %d functions", agent.id, len(functions))
+    return agent
+
+
+def calls_claim(*, agent: Agent, max_calls: int, lease_seconds: int) -> list[FunctionCall]:
+    """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
+    now = timezone.now()
+    names = list(agent.functions.values_list("name", flat=True))
+    if not names:
+        return []
+    queue = (
+        FunctionCall.objects.filter(
+            state=CallState.READY,
+            user_id=agent.user_id,
+            tag=agent.tag,
+            function__in=names,
+        )
+        .filter(Q(site="") | Q(site=agent.site))
+        .order_by("created_at")
+    )
+    lease = {
+        "state": CallState.LEASED,
+        "agent": agent,
+        "leased_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+    if connection.features.has_select_for_update_skip_locked:
+        # Rows another claimer has locked are skipped, not waited for.
+        with transaction.atomic():
+            ids = list(
+                queue.select_for_update(skip_locked=True).values_list("id", flat=True)[
+                    :max_calls
+                ]
+            )
+            FunctionCall.objects.filter(id__in=ids).update(**lease)
+    else:
+        # SQLite: one writer at a time; the state condition keeps it exact.
+        ids = []
+        for call_id in queue.values_list("id", flat=True)[: max_calls * 2]:
+            claimed = FunctionCall.objects.filter(
+                id=call_id, state=CallState.READY
+            ).update(**lease)
+            if claimed:
+                ids.append(call_id)
+            if len(ids) >= max_calls:
+                break
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
+    return list(FunctionCall.objects.filter(id__in=ids).order_by("created_at"))
+
+
+def call_report(
+    *, agent: Agent, call_id: Any, state: str, fields: dict[str, Any]
+) -> FunctionCall:
+    """Apply an agent's report on a call it holds. Repeating a report is harmless."""
+    now = timezone.now()
+    changes = dict(fields)
+    if state == CallState.RUNNING:
+        changes["started_at"] = now
+    if state in TERMINAL_STATES:
+        changes["finished_at"] = now
+        changes["lease_expires_at"] = None
+    with transaction.atomic():
+        moved = FunctionCall.objects.filter(
+            id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
+        ).update(state=state, **changes)
+        call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
+        if call is None:
+            raise NotFound("No such call leased to this agent.")
+        if moved:
+            if state in TERMINAL_STATES and call.started_at is None:
+                FunctionCall.objects.filter(pk=call.pk).update(started_at=call.leased_at)
+            channel = call_channel(call.id)
+            transaction.on_commit(lambda: hub().publish(channel))
+            logger.info("%s %s by agent %s", call.id, state, agent.id)
+    if not moved and call.state != state:
+        raise Conflict(
+            f"The call is {call.state}; it cannot become {state}.",
+            code="invalid_transition",
+            state=call.state,
+        )
+    return call
