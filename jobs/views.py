@@ -103,7 +103,6 @@ def _sync_answer(call: FunctionCall) -> HttpResponse:
         "function_failed",
         "The function did not succeed",
         done.reason or f"The call ended {done.state}.",
-        state=done.state,
         exit_code=done.exit_code,
         stderr_tail=done.stderr_tail,
         **call_summary(done),

@@ -51,11 +51,17 @@ running() {
   [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
 
-# wait_for DESCRIPTION CMD...: retry CMD until it succeeds; give up at the global deadline.
+# pid_in PIDFILE: the recorded PID, or a word that no process has (a daemon may delete its file on exit).
+pid_in() { cat "$1" 2>/dev/null || echo none; }
+
+# wait_for PID CMD...: retry CMD until it succeeds. Give up at the global deadline, or at once when
+# PID (the daemon being waited for, "-" for none) has exited; WHY then says which it was.
+WHY=""
 wait_for() {
-  local what=$1; shift
+  local pid=$1; shift
   until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$DEADLINE" ] || { log "gave up waiting for $what"; return 1; }
+    if [ "$pid" != - ] && ! kill -0 "$pid" 2>/dev/null; then WHY="process $pid exited"; return 1; fi
+    [ "$(date +%s)" -lt "$DEADLINE" ] || { WHY="timed out after ${TIMEOUT}s"; return 1; }
     sleep 0.2
   done
 }
@@ -298,7 +304,7 @@ start_munge() {
   # munged reports readiness to its parent before that returns, so no polling is needed after it.
   timeout 30 runuser -u munge -- /usr/sbin/munged </dev/null >>"$LOG/munged.out" 2>&1 ||
     die "munged failed to start (see /var/log/munge/munged.log)"
-  wait_for "munge" munge_works || die "munge does not work after starting munged"
+  wait_for - munge_works || die "munge does not work after starting munged: $WHY"
   # Only a munged we started gets a PID file here, so the stop script leaves a system one alone.
   cp /run/munge/munged.pid "$RUN/munged.pid"
 }
@@ -324,7 +330,7 @@ start_mariadb() {
   running "$DIR/mysqlrun/mysqld.pid" mariadbd && return 0
   log "starting MariaDB on 127.0.0.1:$DB_PORT"
   setsid /usr/sbin/mariadbd --defaults-file="$MYCNF" </dev/null >>"$LOG/mariadbd.out" 2>&1 &
-  wait_for "MariaDB" db -e 'SELECT 1' || die "MariaDB did not start (see $DIR/mysql/mariadb.err)"
+  wait_for $! db -e 'SELECT 1' || die "MariaDB did not start: $WHY (see $DIR/mysql/mariadb.err)"
   db -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurmlocal';
          CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmlocal';
          GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
@@ -342,8 +348,8 @@ start_slurmdbd() {
     log "starting slurmdbd"
     spawn slurmdbd slurmdbd -D
     # The first start creates the accounting tables, which takes a couple of seconds.
-    wait_for "slurmdbd" timeout 5 sacctmgr -n list cluster ||
-      die "slurmdbd does not answer (see $LOG/slurmdbd.log and $LOG/slurmdbd.out)"
+    wait_for "$(pid_in "$RUN/slurmdbd.pid")" timeout 5 sacctmgr -n list cluster ||
+      die "slurmdbd does not answer: $WHY (see $LOG/slurmdbd.log and $LOG/slurmdbd.out)"
   fi
   # slurmctld must find its cluster in the DB, so register it before slurmctld starts.
   assocs=$(timeout 10 sacctmgr -n -P list associations format=cluster,user) ||
@@ -372,21 +378,13 @@ node_ready() {
   [ "$started" -ge $(( since - 1 )) ]
 }
 
-wait_node_ready() {
-  local since=$1
-  until node_ready "$since"; do
-    running "$RUN/slurmd.pid" slurmd || { log "slurmd exited (see $LOG/slurmd.log and $LOG/slurmd.out)"; return 1; }
-    [ "$(date +%s)" -lt "$DEADLINE" ] || { log "node not idle within ${TIMEOUT}s"; return 1; }
-    sleep 0.2
-  done
-}
 
 # slurmctld reads SchedulerParameters (batch_sched_delay=0) only during its first scheduling pass, a
 # few seconds after startup; a job submitted before that waits ~3 s longer. Tests expect the fast path
 # from the first job on, so wait until the pass shows up in the log.
 wait_first_sched_pass() {
   local offset=$1
-  wait_for "first scheduling pass" \
+  wait_for "$(pid_in "$RUN/slurmctld.pid")" \
     bash -c "tail -c +$(( offset + 1 )) '$LOG/slurmctld.log' | grep -q 'SchedulerParameters='"
 }
 
@@ -404,16 +402,18 @@ start_slurm() {
     log "starting slurmctld"
     spawn slurmctld slurmctld -D
   fi
-  wait_for "slurmctld" ctld_answers || die "slurmctld does not answer (see $LOG/slurmctld.log and $LOG/slurmctld.out)"
+  wait_for "$(pid_in "$RUN/slurmctld.pid")" ctld_answers ||
+    die "slurmctld does not answer: $WHY (see $LOG/slurmctld.log and $LOG/slurmctld.out)"
   if ! running "$RUN/slurmd.pid" slurmd; then
     slurmd_since=$(date +%s)
     log "starting slurmd"
     # -N: the node is called localhost in slurm.conf, while this machine's hostname is different.
     spawn slurmd slurmd -D -N "$NODE"
   fi
-  wait_node_ready "$slurmd_since" || return 1
+  wait_for "$(pid_in "$RUN/slurmd.pid")" node_ready "$slurmd_since" || return 1
   if [ -n "$ctld_offset" ]; then
-    wait_first_sched_pass "$ctld_offset" || die "slurmctld never ran its first scheduling pass (see $LOG/slurmctld.log)"
+    wait_first_sched_pass "$ctld_offset" ||
+      die "slurmctld did not run its first scheduling pass: $WHY (see $LOG/slurmctld.log)"
   fi
 }
 
@@ -421,7 +421,10 @@ start_slurm() {
 
 main() {
   [ "$(id -u)" = 0 ] || die "must run as root"
-  [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "SLURM_LOCAL_TIMEOUT must be a number of seconds"
+  local knob
+  for knob in SLURM_LOCAL_TIMEOUT SLURM_LOCAL_CPUS SLURM_LOCAL_MEM_MB SLURM_LOCAL_DB_PORT; do
+    [[ ${!knob:-1} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive integer (got '${!knob}')"
+  done
   # The daemons inherit our working directory; don't let them pin a project checkout that CI deletes.
   cd /
   if [ "$FRESH" = 1 ]; then
@@ -452,14 +455,14 @@ main() {
   start_slurmdbd "$dbd_changed"
   if ! start_slurm "$slurm_changed"; then
     if [ "$CGROUP" != auto ] || [ "$mode" != v1 ]; then
-      die "slurmd did not come up (see $LOG/slurmd.log and $LOG/slurmd.out)"
+      die "slurmd did not come up: $WHY (see $LOG/slurmd.log and $LOG/slurmd.out)"
     fi
-    log "slurmd failed with task/cgroup; retrying without cgroups"
+    log "slurmd failed with task/cgroup ($WHY); retrying without cgroups"
     DEADLINE=$(( $(date +%s) + TIMEOUT ))
     mode=none
     write_slurm_conf none slurm_changed
     write_cgroup_conf none slurm_changed
-    start_slurm 1 || die "slurmd did not come up even without cgroups (see $LOG/slurmd.log and $LOG/slurmd.out)"
+    start_slurm 1 || die "slurmd did not come up even without cgroups: $WHY (see $LOG/slurmd.log and $LOG/slurmd.out)"
   fi
   [ "$CGROUP" != auto ] || [ -s "$DIR/cgroup-mode" ] || echo "$mode" >"$DIR/cgroup-mode"
 

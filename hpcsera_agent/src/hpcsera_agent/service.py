@@ -42,6 +42,7 @@ class Agent:
         self._busy_changed = threading.Condition()
         self._tracked: Dict[str, Tracked] = {}
         self._tracked_lock = threading.Lock()
+        self._register_lock = threading.Lock()
 
     # -- inventory ---------------------------------------------------------
 
@@ -68,14 +69,15 @@ class Agent:
 
     def register(self) -> bool:
         """Register (again) when the inventory changed; True when registered now."""
-        inventory = self.scan_inventory()
-        if self.agent_id is not None and inventory == self._inventory:
-            return False
-        answer = self.client.register(
-            self.config.site, self.capabilities(), list(inventory.values())
-        )
-        self.agent_id = answer["agent_id"]
-        self._inventory = inventory
+        with self._register_lock:
+            inventory = self.scan_inventory()
+            if self.agent_id is not None and inventory == self._inventory:
+                return False
+            answer = self.client.register(
+                self.config.site, self.capabilities(), list(inventory.values())
+            )
+            self.agent_id = answer["agent_id"]
+            self._inventory = inventory
         logger.info("%s registered as site %s with %d function(s)",
                     self.agent_id, self.config.site, len(inventory))
         return True
@@ -155,8 +157,14 @@ class Agent:
         return served
 
     def _track_loop(self) -> None:
+        # Besides batch jobs, this loop notices functions added to or removed
+        # from the folder while the main loop is held in a long-poll.
         while not self.stop.is_set():
             self.poll_batch_step()
+            try:
+                self.register()
+            except (ServerUnavailable, Refused) as exc:
+                logger.error("inventory update failed: %s", exc)
             self.stop.wait(self.config.slurm.poll_seconds)
 
     # -- internals ---------------------------------------------------------------
