@@ -106,7 +106,7 @@ missing_packages() {
 
 ensure_packages() {
   local missing apt_log=$LOG/apt.log
-  missing=$(missing_packages | tr '\n' ' ')
+  missing=$(missing_packages | paste -sd ' ')
   [ -n "${missing// /}" ] || return 0
   log "installing packages: $missing"
   # No init system here: keep the maintainer scripts from trying to start the daemons themselves.
@@ -377,7 +377,6 @@ node_ready() {
   started=$(date -d "$started" +%s 2>/dev/null) || return 1
   [ "$started" -ge $(( since - 1 )) ]
 }
-
 
 # slurmctld reads SchedulerParameters (batch_sched_delay=0) only during its first scheduling pass, a
 # few seconds after startup; a job submitted before that waits ~3 s longer. Tests expect the fast path
