@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make run`: the whole service on this machine. Server on 127.0.0.1:8000
+# (SQLite, in-process notifications, so exactly one server process) and a local
+# agent serving the example functions. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+PORT=${PORT:-8000}
+VAR=${HPCSERA_VAR_DIR:-$PWD/var}
+export HPCSERA_VAR_DIR=$VAR
+mkdir -p "$VAR/functions"
+chmod 700 "$VAR"
+
+"$PY" manage.py migrate -v0
+# The example functions are copied once; edit or add your own in var/functions.
+for f in examples/functions/*; do
+  [ -e "$VAR/functions/$(basename "$f")" ] || cp -p "$f" "$VAR/functions/"
+done
+
+USER_NAME=${HPCSERA_DEMO_USER:-demo}
+client_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
+  --roles POST_Job,GET_JobStatus --name "make run client" --lifetime 86400)
+agent_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
+  --roles GET_Job,UPDATE_JobStatus --name "make run agent" --lifetime 86400)
+
+umask 077
+cat > "$VAR/agent.toml" <<TOML
+server = "http://127.0.0.1:$PORT"
+token = "$agent_token"
+site = "local"
+functions_dir = "$VAR/functions"
+state_dir = "$VAR/agent-state"
+TOML
+umask 022
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+"$VENV/bin/gunicorn" -b "127.0.0.1:$PORT" -k gthread --threads 64 --workers 1 \
+  --access-logfile - hpcsera.wsgi &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$VENV/bin/hpcsera-agent" -c "$VAR/agent.toml" run &
+pids+=($!)
+sleep 1
+
+cat <<MSG
+
+HPCSerA runs on http://127.0.0.1:$PORT (user '$USER_NAME').
+Client token (shown once; POST_Job and GET_JobStatus, valid 24 h):
+
+  $client_token
+
+Call the example function:
+
+  curl -s -X POST -H "Authorization: Bearer $client_token" "http://127.0.0.1:$PORT/$USER_NAME/function/hello?name=Ada"
+
+Functions live in $VAR/functions. Ctrl-C stops the server and the agent.
+
+MSG
+wait
