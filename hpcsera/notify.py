@@ -51,6 +51,7 @@ class Hub:
         self._pid = 0
         self._client = None
         self._listener: threading.Thread | None = None
+        self.closing = False
 
     @contextmanager
     def listen(self, channel: str) -> Iterator[Waiter]:
@@ -77,6 +78,14 @@ class Hub:
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail a commit
             logger.error("%s publish failed: %s", channel, exc)
             self._wake(channel)
+
+    def close(self) -> None:
+        """Release every waiter now: the server process is shutting down."""
+        with self._lock:
+            self.closing = True
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.wake()
 
     def _wake(self, channel: str) -> None:
         with self._lock:
@@ -157,7 +166,7 @@ def wait_until(
         while True:
             result = check()
             remaining = deadline - time.monotonic()
-            if result or remaining <= 0:
+            if result or remaining <= 0 or hub().closing:
                 return result
             step = min(remaining, recheck)
             if on_long_wait is not None:

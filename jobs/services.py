@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from hpcsera.errors import Conflict, NotFound
@@ -24,6 +25,8 @@ from jobs.models import (
 from tokens.models import Token
 
 logger = logging.getLogger(__name__)
+
+AGENT_SEEN_RESOLUTION = timedelta(seconds=10)
 
 
 def work_channel(user_id: int, tag: str) -> str:
@@ -76,7 +79,7 @@ def faas_submit(
         )
         channel = work_channel(token.user_id, token.tag)
         transaction.on_commit(lambda: hub().publish(channel))
-    logger.info("%s queued %s (%s)", call.id, function, mode)
+    logger.debug("%s queued %s (%s)", call.id, function, mode)
     return call
 
 
@@ -117,47 +120,48 @@ def agent_register(
 def calls_claim(*, agent: Agent, max_calls: int, lease_seconds: int) -> list[FunctionCall]:
     """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
     now = timezone.now()
-    names = list(agent.functions.values_list("name", flat=True))
-    if not names:
-        return []
     queue = (
         FunctionCall.objects.filter(
             state=CallState.READY,
             user_id=agent.user_id,
             tag=agent.tag,
-            function__in=names,
+            function__in=Function.objects.filter(agent=agent).values("name"),
         )
         .filter(Q(site="") | Q(site=agent.site))
         .order_by("created_at")
     )
     lease = {
         "state": CallState.LEASED,
-        "agent": agent,
+        "agent_id": agent.id,
         "leased_at": now,
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
     }
     if connection.features.has_select_for_update_skip_locked:
         # Rows another claimer has locked are skipped, not waited for.
         with transaction.atomic():
-            ids = list(
-                queue.select_for_update(skip_locked=True).values_list("id", flat=True)[
-                    :max_calls
-                ]
-            )
-            FunctionCall.objects.filter(id__in=ids).update(**lease)
+            calls = list(queue.select_for_update(skip_locked=True)[:max_calls])
+            FunctionCall.objects.filter(id__in=[c.id for c in calls]).update(**lease)
     else:
         # SQLite: one writer at a time; the state condition keeps it exact.
-        ids = []
-        for call_id in queue.values_list("id", flat=True)[: max_calls * 2]:
-            claimed = FunctionCall.objects.filter(
-                id=call_id, state=CallState.READY
-            ).update(**lease)
-            if claimed:
-                ids.append(call_id)
-            if len(ids) >= max_calls:
+        calls = []
+        for call in queue[: max_calls * 2]:
+            if FunctionCall.objects.filter(id=call.id, state=CallState.READY).update(
+                **lease
+            ):
+                calls.append(call)
+            if len(calls) >= max_calls:
                 break
-    Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
-    return list(FunctionCall.objects.filter(id__in=ids).order_by("created_at"))
+    for call in calls:
+        for name, value in lease.items():
+            setattr(call, name, value)
+    _agent_seen(agent, now)
+    return calls
+
+
+def _agent_seen(agent: Agent, now: datetime) -> None:
+    # Writing on every long-poll would turn each idle agent into a writer.
+    if now - agent.last_seen_at > AGENT_SEEN_RESOLUTION:
+        Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
 
 
 def call_report(
@@ -171,19 +175,17 @@ def call_report(
     if state in TERMINAL_STATES:
         changes["finished_at"] = now
         changes["lease_expires_at"] = None
-    with transaction.atomic():
-        moved = FunctionCall.objects.filter(
-            id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
-        ).update(state=state, **changes)
-        call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
-        if call is None:
-            raise NotFound("No such call leased to this agent.")
-        if moved:
-            if state in TERMINAL_STATES and call.started_at is None:
-                FunctionCall.objects.filter(pk=call.pk).update(started_at=call.leased_at)
-            channel = call_channel(call.id)
-            transaction.on_commit(lambda: hub().publish(channel))
-            logger.info("%s %s by agent %s", call.id, state, agent.id)
+        # A call that never reported running started when it was leased.
+        changes["started_at"] = Coalesce(F("started_at"), F("leased_at"))
+    moved = FunctionCall.objects.filter(
+        id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
+    ).update(state=state, **changes)
+    call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
+    if call is None:
+        raise NotFound("No such call leased to this agent.")
+    if moved:
+        hub().publish(call_channel(call.id))
+        logger.debug("%s %s by agent %s", call.id, state, agent.id)
     if not moved and call.state != state:
         raise Conflict(
             f"The call is {call.state}; it cannot become {state}.",

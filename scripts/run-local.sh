@@ -34,19 +34,26 @@ state_dir = "$VAR/agent-state"
 TOML
 umask 022
 
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+server_pid="" agent_pid=""
+cleanup() {
+  # INT is gunicorn's quick shutdown; it also ends the agent's open long-poll.
+  [ -n "$server_pid" ] && kill -INT "$server_pid" 2>/dev/null
+  [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-"$VENV/bin/gunicorn" -b "127.0.0.1:$PORT" -k gthread --threads 64 --workers 1 \
-  --access-logfile - hpcsera.wsgi &
-pids+=($!)
+# gunicorn.conf.py holds the server settings; one worker, since the embedded
+# default keeps notifications inside one process.
+"$VENV/bin/gunicorn" -b "127.0.0.1:$PORT" --workers 1 --access-logfile - hpcsera.wsgi &
+server_pid=$!
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
 "$VENV/bin/hpcsera-agent" -c "$VAR/agent.toml" run &
-pids+=($!)
+agent_pid=$!
 sleep 1
 
 cat <<MSG

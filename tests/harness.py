@@ -81,9 +81,8 @@ def start_server(tmp: Path, **settings: str) -> Server:
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     log = tmp / "server.log"
     process = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-k", "gthread",
-         "--threads", "64", "--workers", env.get("E2E_WORKERS", "1"),
-         "hpcsera.wsgi"],
+        [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
+         "--workers", env.get("E2E_WORKERS", "1"), "hpcsera.wsgi"],
         cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
