@@ -3,9 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from hpcsera.errors import BadInput
 from jobs import validation
 from jobs.models import CallState, Function
-from hpcsera.errors import BadInput
 
 
 class FunctionOffer(serializers.Serializer):
@@ -59,8 +59,12 @@ class Report(serializers.Serializer):
     state = serializers.ChoiceField(choices=REPORTABLE)
     exit_code = serializers.IntegerField(required=False, allow_null=True)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
-    batch_job_id = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    stdout = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    batch_job_id = serializers.CharField(
+        max_length=64, required=False, allow_blank=True
+    )
+    stdout = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False
+    )
     stdout_truncated = serializers.BooleanField(required=False)
     stderr_tail = serializers.CharField(
         required=False, allow_blank=True, trim_whitespace=False

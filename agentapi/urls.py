@@ -5,7 +5,9 @@ from agentapi import views
 urlpatterns = [
     path("agents", views.AgentRegisterView.as_view(), name="agent-register"),
     path(
-        "agents/<str:agent_id>/claim", views.AgentClaimView.as_view(), name="agent-claim"
+        "agents/<str:agent_id>/claim",
+        views.AgentClaimView.as_view(),
+        name="agent-claim",
     ),
     path(
         "agents/<str:agent_id>/calls/<str:call_id>/report",

@@ -40,7 +40,9 @@ class AgentRegisterView(APIView):
             {
                 "agent_id": str(agent.id),
                 "site": agent.site,
-                "functions": sorted(f["name"] for f in data.validated_data["functions"]),
+                "functions": sorted(
+                    f["name"] for f in data.validated_data["functions"]
+                ),
                 "claim_wait_seconds": settings.HPCSERA["CLAIM_WAIT_SECONDS"],
                 "lease_seconds": settings.HPCSERA["LEASE_SECONDS"],
             },
@@ -61,7 +63,9 @@ class AgentClaimView(APIView):
 
         def claim() -> list[FunctionCall]:
             return calls_claim(
-                agent=agent, max_calls=data.validated_data["max"], lease_seconds=lease_seconds
+                agent=agent,
+                max_calls=data.validated_data["max"],
+                lease_seconds=lease_seconds,
             )
 
         calls = wait_until(
@@ -83,6 +87,9 @@ class AgentReportView(APIView):
         fields = dict(data.validated_data)
         state = fields.pop("state")
         call = call_report(
-            agent=agent, call_id=selectors.parse_uuid(call_id), state=state, fields=fields
+            agent=agent,
+            call_id=selectors.parse_uuid(call_id),
+            state=state,
+            fields=fields,
         )
         return Response({"id": str(call.id), "state": call.state})

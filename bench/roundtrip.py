@@ -29,7 +29,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import harness  # noqa: E402
 
-TRIVIAL = '#!/bin/sh\necho \'{"ok": true}\'\n'
+TRIVIAL = "#!/bin/sh\necho '{\"ok\": true}'\n"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -42,9 +42,14 @@ def floor_ms(executable: Path, runs: int, workdir: Path) -> list[float]:
     for _ in range(runs):
         started = time.perf_counter()
         with open(workdir / "out", "wb") as out, open(workdir / "err", "wb") as err:
-            subprocess.Popen([str(executable)], stdout=out, stderr=err,
-                             stdin=subprocess.DEVNULL, cwd=workdir,
-                             start_new_session=True).wait()
+            subprocess.Popen(
+                [str(executable)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                start_new_session=True,
+            ).wait()
         times.append((time.perf_counter() - started) * 1000)
     return times
 
@@ -60,7 +65,9 @@ def sync_ms(session: requests.Session, url: str, runs: int) -> list[float]:
     return times
 
 
-def async_throughput(server: harness.Server, token: str, count: int) -> tuple[float, float]:
+def async_throughput(
+    server: harness.Server, token: str, count: int
+) -> tuple[float, float]:
     local = threading.local()
 
     def session() -> requests.Session:
@@ -70,7 +77,9 @@ def async_throughput(server: harness.Server, token: str, count: int) -> tuple[fl
         return local.session
 
     def submit(_: int) -> str:
-        answer = session().post(f"{server.url}/alice/async-function/trivial", timeout=60)
+        answer = session().post(
+            f"{server.url}/alice/async-function/trivial", timeout=60
+        )
         return answer.json()["status_url"]
 
     started = time.perf_counter()
@@ -81,8 +90,11 @@ def async_throughput(server: harness.Server, token: str, count: int) -> tuple[fl
     while pending:
         state = session().get(server.url + pending[-1], timeout=60).json()
         if state["terminal"]:
-            pending = [u for u in pending
-                       if not session().get(server.url + u, timeout=60).json()["terminal"]]
+            pending = [
+                u
+                for u in pending
+                if not session().get(server.url + u, timeout=60).json()["terminal"]
+            ]
         else:
             time.sleep(0.05)
     elapsed = time.perf_counter() - started
@@ -102,9 +114,12 @@ def main() -> None:
         server = harness.start_server(tmp)
         agent = None
         try:
-            token = server.token("alice", "POST_Job,GET_JobStatus,GET_Job,UPDATE_JobStatus")
-            config = harness.write_agent_config(tmp, server, token, functions,
-                                                extra="max_parallel = 8")
+            token = server.token(
+                "alice", "POST_Job,GET_JobStatus,GET_Job,UPDATE_JobStatus"
+            )
+            config = harness.write_agent_config(
+                tmp, server, token, functions, extra="max_parallel = 8"
+            )
             agent = harness.start_agent(config)
 
             floor = floor_ms(executable, args.sync, tmp)
@@ -119,14 +134,26 @@ def main() -> None:
                 agent.stop()
             server.stop()
 
-    database = "PostgreSQL" if server.env["DATABASE_URL"].startswith("postgres") else "SQLite"
-    f50, s50, s99 = statistics.median(floor), statistics.median(sync), percentile(sync, 0.99)
-    print(f"database: {database}; sync runs: {args.sync}; async calls: {args.async_count}")
-    print(f"floor (direct exec)   p50 {f50:7.2f} ms  p99 {percentile(floor, 0.99):7.2f} ms")
+    database = (
+        "PostgreSQL" if server.env["DATABASE_URL"].startswith("postgres") else "SQLite"
+    )
+    f50, s50, s99 = (
+        statistics.median(floor),
+        statistics.median(sync),
+        percentile(sync, 0.99),
+    )
+    print(
+        f"database: {database}; sync runs: {args.sync}; async calls: {args.async_count}"
+    )
+    f99 = percentile(floor, 0.99)
+    print(f"floor (direct exec)   p50 {f50:7.2f} ms  p99 {f99:7.2f} ms")
     print(f"sync round trip       p50 {s50:7.2f} ms  p99 {s99:7.2f} ms")
-    print(f"sync over floor       p50 +{s50 - f50:6.2f} ms  ratio p50 {s50 / f50:5.2f}x  "
-          f"p99 {s99 / percentile(floor, 0.99):5.2f}x")
-    print(f"async end to end      {rate:7.1f} calls/s (submission alone {submit_rate:.1f}/s)")
+    print(
+        f"sync over floor       p50 +{s50 - f50:6.2f} ms  ratio p50 {s50 / f50:5.2f}x  "
+        f"p99 {s99 / f99:5.2f}x"
+    )
+    print(f"async end to end      {rate:7.1f} calls/s", end=" ")
+    print(f"(submission alone {submit_rate:.1f}/s)")
 
 
 if __name__ == "__main__":

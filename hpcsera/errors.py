@@ -146,7 +146,9 @@ def handler404(request, exception=None) -> JsonResponse:  # noqa: ANN001
 
 def handler500(request) -> JsonResponse:  # noqa: ANN001
     return JsonResponse(
-        problem(500, "server_error", "Server error", "The server failed; it is logged."),
+        problem(
+            500, "server_error", "Server error", "The server failed; it is logged."
+        ),
         status=500,
         content_type=PROBLEM_JSON,
     )

@@ -117,7 +117,9 @@ def agent_register(
     return agent
 
 
-def calls_claim(*, agent: Agent, max_calls: int, lease_seconds: int) -> list[FunctionCall]:
+def calls_claim(
+    *, agent: Agent, max_calls: int, lease_seconds: int
+) -> list[FunctionCall]:
     """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
     now = timezone.now()
     queue = (

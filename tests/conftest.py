@@ -45,8 +45,12 @@ def client_for() -> Callable[[str], APIClient]:
     return make
 
 
-def register_agent(client: APIClient, functions=("hello",), site: str = "site-a",  # noqa: ANN001
-                   runner: str = "local") -> str:
+def register_agent(
+    client: APIClient,
+    functions=("hello",),
+    site: str = "site-a",  # noqa: ANN001
+    runner: str = "local",
+) -> str:
     answer = client.post(
         "/api/agent/v1/agents",
         {

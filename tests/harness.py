@@ -55,14 +55,26 @@ class Server:
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
-            capture_output=True, text=True,
+            [PYTHON, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return done.stdout.strip()
 
     def token(self, user: str, roles: str, tag: str = "default") -> str:
-        return self.manage("issue_token", "--user", user, "--create-user",
-                           "--roles", roles, "--tag", tag)
+        return self.manage(
+            "issue_token",
+            "--user",
+            user,
+            "--create-user",
+            "--roles",
+            roles,
+            "--tag",
+            tag,
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -76,14 +88,31 @@ class Server:
 def start_server(tmp: Path, **settings: str) -> Server:
     database_url, drop = _fresh_database(tmp)
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, HPCSERA_VAR_DIR=str(tmp / "var"),
-               **settings)
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        HPCSERA_VAR_DIR=str(tmp / "var"),
+        **settings,
+    )
+    subprocess.run(
+        [PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
+    )
     log = tmp / "server.log"
     process = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
-         "--workers", env.get("E2E_WORKERS", "1"), "hpcsera.wsgi"],
-        cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+        [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--workers",
+            env.get("E2E_WORKERS", "1"),
+            "hpcsera.wsgi",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -114,8 +143,14 @@ class AgentProcess:
             return self.process.wait()
 
 
-def write_agent_config(tmp: Path, server: Server, token: str, functions_dir: Path,
-                       name: str = "agent", extra: str = "") -> Path:
+def write_agent_config(
+    tmp: Path,
+    server: Server,
+    token: str,
+    functions_dir: Path,
+    name: str = "agent",
+    extra: str = "",
+) -> Path:
     config = tmp / f"{name}.toml"
     config.write_text(
         f'server = "{server.url}"\n'
@@ -132,7 +167,8 @@ def write_agent_config(tmp: Path, server: Server, token: str, functions_dir: Pat
 def start_agent(config: Path, *, wait_registered: bool = True) -> AgentProcess:
     log = config.with_suffix(".log")
     process = subprocess.Popen(
-        [AGENT, "-c", str(config), "run"], stdout=open(log, "wb"),
+        [AGENT, "-c", str(config), "run"],
+        stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
     )
     agent = AgentProcess(config, process, log)
@@ -157,8 +193,9 @@ def slurm_available() -> bool:
     if not shutil.which("sbatch"):
         return False
     try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
-                              text=True, timeout=15)
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15
+        )
     except subprocess.TimeoutExpired:
         return False
     states = ("idle", "mix", "alloc")

@@ -117,10 +117,24 @@ def test_bad_reports_are_400_and_change_nothing(alice_client, body):
     [
         {"site": "bad site", "capabilities": [], "functions": []},
         {"site": "a", "capabilities": ["teleport"], "functions": []},
-        {"site": "a", "capabilities": [], "functions": [{"name": "..", "runner": "local"}]},
-        {"site": "a", "capabilities": [], "functions": [{"name": "x", "runner": "magic"}]},
-        {"site": "a", "capabilities": [],
-         "functions": [{"name": "x", "runner": "local"}, {"name": "x", "runner": "local"}]},
+        {
+            "site": "a",
+            "capabilities": [],
+            "functions": [{"name": "..", "runner": "local"}],
+        },
+        {
+            "site": "a",
+            "capabilities": [],
+            "functions": [{"name": "x", "runner": "magic"}],
+        },
+        {
+            "site": "a",
+            "capabilities": [],
+            "functions": [
+                {"name": "x", "runner": "local"},
+                {"name": "x", "runner": "local"},
+            ],
+        },
     ],
 )
 def test_bad_registrations_are_400(alice_client, body):
@@ -137,12 +151,15 @@ def test_malformed_json_to_the_agent_api_is_400(alice_client):
     assert answer.json()["code"] == "malformed_json"
 
 
-def test_other_users_and_tags_cannot_use_an_agent(alice_client, alice, bob, make_token,
-                                                  client_for):
+def test_other_users_and_tags_cannot_use_an_agent(
+    alice_client, alice, bob, make_token, client_for
+):
     agent = register_agent(alice_client)
     call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
-    for outsider in (client_for(make_token(bob)),
-                     client_for(make_token(alice, tag="proj-b"))):
+    for outsider in (
+        client_for(make_token(bob)),
+        client_for(make_token(alice, tag="proj-b")),
+    ):
         assert _claim(outsider, agent).status_code == 404
         answer = _report(outsider, agent, call_id, state="failed", exit_code=1)
         assert answer.status_code == 404

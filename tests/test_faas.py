@@ -153,14 +153,19 @@ def test_status_endpoints_fence_by_user_and_tag(
 ):
     call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
     job_id = FunctionCall.objects.get(id=call_id).job_id
-    outsiders = [client_for(make_token(bob)), client_for(make_token(alice, tag="proj-b"))]
+    outsiders = [
+        client_for(make_token(bob)),
+        client_for(make_token(alice, tag="proj-b")),
+    ]
     for outsider in outsiders:
         for path in (f"/api/v1/calls/{call_id}", f"/api/v1/jobs/{job_id}"):
             answer = outsider.get(path)
             assert answer.status_code == 404
             assert answer.json()["code"] == "not_found"
         assert outsider.get("/api/v1/jobs").json() == {"jobs": []}
-    assert alice_client.get(f"/api/v1/jobs/{job_id}").json()["calls"][0]["id"] == call_id
+    assert (
+        alice_client.get(f"/api/v1/jobs/{job_id}").json()["calls"][0]["id"] == call_id
+    )
 
 
 def test_malformed_ids_are_404(alice_client):

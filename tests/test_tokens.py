@@ -17,7 +17,11 @@ pytestmark = pytest.mark.django_db
 def test_issue_token_prints_the_token_once_and_stores_only_a_digest(alice):
     out = StringIO()
     call_command(
-        "issue_token", user="alice", roles="POST_Job,GET_JobStatus", tag="t1", stdout=out
+        "issue_token",
+        user="alice",
+        roles="POST_Job,GET_JobStatus",
+        tag="t1",
+        stdout=out,
     )
     secret = out.getvalue().strip()
     token = Token.objects.get()
@@ -50,8 +54,9 @@ def test_issue_token_refuses_an_unknown_user(db):
 
 
 def test_a_token_lifetime_is_capped_by_its_most_powerful_role(alice):
-    call_command("issue_token", user="alice", roles="GET_JobStatus,POST_Code",
-                 stdout=StringIO())
+    call_command(
+        "issue_token", user="alice", roles="GET_JobStatus,POST_Code", stdout=StringIO()
+    )
     token = Token.objects.get()
     assert token.expires_at - token.created_at <= timedelta(days=1)
 
@@ -81,9 +86,15 @@ def test_a_revoked_token_is_refused_on_the_next_request(alice, make_token, clien
     assert answer.json()["code"] == "token_revoked"
 
 
-@pytest.mark.parametrize("mangle", [lambda s: s[:-1], lambda s: s[:-1] + "A"
-                                    if s[-1] != "A" else s[:-1] + "B", lambda s: "x" + s,
-                                    lambda s: s[:20]])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: s[:-1],
+        lambda s: s[:-1] + "A" if s[-1] != "A" else s[:-1] + "B",
+        lambda s: "x" + s,
+        lambda s: s[:20],
+    ],
+)
 def test_a_tampered_token_is_401_and_the_log_names_no_part_of_it(
     alice, make_token, client_for, caplog, mangle
 ):

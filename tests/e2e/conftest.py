@@ -42,8 +42,10 @@ def slurm() -> None:
     if harness.slurm_available():
         return
     if slurm_required():
-        pytest.fail("Slurm is required (HPCSERA_REQUIRE_SLURM=1) but not running; "
-                    "start it with scripts/slurm-local-start.sh")
+        pytest.fail(
+            "Slurm is required (HPCSERA_REQUIRE_SLURM=1) but not running; "
+            "start it with scripts/slurm-local-start.sh"
+        )
     pytest.skip("no Slurm cluster; start one with scripts/slurm-local-start.sh")
 
 
@@ -81,7 +83,11 @@ def agent(server, alice_tokens, functions_dir, tmp_path_factory):  # noqa: ANN00
         f'[functions.slurm_{name}]\nrunner = "slurm"\n' for name in SLURM_FUNCTIONS
     )
     config = harness.write_agent_config(
-        tmp, server, alice_tokens["agent"], functions_dir, name="cluster",
+        tmp,
+        server,
+        alice_tokens["agent"],
+        functions_dir,
+        name="cluster",
         extra="max_parallel = 8\n[slurm]\npoll_seconds = 0.5\n" + slurm_table,
     )
     process = harness.start_agent(config)

@@ -31,8 +31,11 @@ def test_text_output_comes_back_as_text(api, agent):
 
 def test_the_json_body_reaches_the_function_as_a_file_unchanged(api, agent):
     raw = '{"z": [1, 2, 3],  "a": "\\u00e9"}'
-    answer = api.post("/alice/function/echo_input", data=raw,
-                      headers={"Content-Type": "application/json"})
+    answer = api.post(
+        "/alice/function/echo_input",
+        data=raw,
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200
     assert answer.text == raw
 
@@ -49,16 +52,20 @@ def test_a_local_function_exiting_3_ends_failed_with_exit_code_3(api, agent):
 
 def test_arguments_never_pass_through_a_shell(api, agent, tmp_path):
     marker = tmp_path / "pwned"
-    answer = api.post("/alice/function/hello",
-                      params={"name": f"$(touch {marker}); `touch {marker}`"})
+    answer = api.post(
+        "/alice/function/hello", params={"name": f"$(touch {marker}); `touch {marker}`"}
+    )
     assert answer.status_code == 200
     assert "$(touch" in answer.json()["greeting"]
     assert not marker.exists()
 
 
 def test_a_local_call_over_its_wall_clock_limit_fails_saying_so(api, agent):
-    answer = api.post("/alice/async-function/sleeper", params={"seconds": "30"},
-                      headers={"X-Hpcsera-Time-Limit": "1"})
+    answer = api.post(
+        "/alice/async-function/sleeper",
+        params={"seconds": "30"},
+        headers={"X-Hpcsera-Time-Limit": "1"},
+    )
     status = api.wait_terminal(answer.json()["status_url"], timeout=20)
     assert status["state"] == "failed"
     assert "wall-clock limit" in status["reason"]
@@ -109,8 +116,11 @@ def test_twenty_waiting_sync_calls_do_not_block_a_status_request(
     for waiter in waiters:
         waiter.start()
     time.sleep(1.5)
-    reader = requests.get(server.url + "/api/v1/jobs?limit=5", timeout=5,
-                          headers={"Authorization": f"Bearer {alice_tokens['reader']}"})
+    reader = requests.get(
+        server.url + "/api/v1/jobs?limit=5",
+        timeout=5,
+        headers={"Authorization": f"Bearer {alice_tokens['reader']}"},
+    )
     assert reader.status_code == 200
     assert reader.elapsed.total_seconds() < 1.0
     for waiter in waiters:
@@ -121,9 +131,13 @@ def test_twenty_waiting_sync_calls_do_not_block_a_status_request(
 def harness_register(server, token: str, site: str, function: str) -> str:  # noqa: ANN001
     answer = requests.post(
         server.url + "/api/agent/v1/agents",
-        json={"site": site, "capabilities": ["local"],
-              "functions": [{"name": function, "runner": "local"}]},
-        headers={"Authorization": f"Bearer {token}"}, timeout=10,
+        json={
+            "site": site,
+            "capabilities": ["local"],
+            "functions": [{"name": function, "runner": "local"}],
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
     )
     return answer.json()["agent_id"]
 
@@ -138,9 +152,13 @@ def test_bad_input_over_real_http_is_400_and_nothing_is_queued(api, server):
     assert len(api.get("/api/v1/jobs?limit=200").json()["jobs"]) == before
 
 
-def test_two_long_polling_claimers_never_receive_the_same_call(api, server, alice_tokens):
-    agent_ids = [harness_register(server, alice_tokens["agent"], f"race-{i}", "race")
-                 for i in range(2)]
+def test_two_long_polling_claimers_never_receive_the_same_call(
+    api, server, alice_tokens
+):
+    agent_ids = [
+        harness_register(server, alice_tokens["agent"], f"race-{i}", "race")
+        for i in range(2)
+    ]
     claimed: list[list[str]] = [[], []]
     stop = threading.Event()
 
@@ -150,15 +168,17 @@ def test_two_long_polling_claimers_never_receive_the_same_call(api, server, alic
         while not stop.is_set():
             answer = session.post(
                 f"{server.url}/api/agent/v1/agents/{agent_ids[index]}/claim",
-                json={"max": 3, "wait": 1}, timeout=30,
+                json={"max": 3, "wait": 1},
+                timeout=30,
             )
             claimed[index].extend(c["id"] for c in answer.json()["calls"])
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
-    submitted = [api.post("/alice/async-function/race").json()["call_id"]
-                 for _ in range(200)]
+    submitted = [
+        api.post("/alice/async-function/race").json()["call_id"] for _ in range(200)
+    ]
     deadline = time.monotonic() + 60
     while len(claimed[0]) + len(claimed[1]) < 200 and time.monotonic() < deadline:
         time.sleep(0.1)

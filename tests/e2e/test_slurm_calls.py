@@ -13,7 +13,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 def sacct(job_id: str) -> tuple[str, str, str]:
     done = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobName,State,ExitCode"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     # After a cluster reset job ids repeat; sacct lists the newest last.
     name, state, exit_code = done.stdout.strip().splitlines()[-1].split("|")
@@ -62,8 +65,11 @@ def test_a_sync_srun_call_exiting_3_is_502_with_exit_code_3(api, agent, slurm):
 def test_a_batch_job_over_its_time_limit_ends_failed_saying_so(api, agent, slurm):
     # Slurm's smallest limit is one minute and it checks limits every 30 s, so
     # this takes 60 to 100 seconds.
-    answer = api.post("/alice/async-function/slurm_sleeper", params={"seconds": "300"},
-                      headers={"X-Hpcsera-Time-Limit": "60"})
+    answer = api.post(
+        "/alice/async-function/slurm_sleeper",
+        params={"seconds": "300"},
+        headers={"X-Hpcsera-Time-Limit": "60"},
+    )
     status = api.wait_terminal(answer.json()["status_url"], timeout=180)
 
     assert status["state"] == "failed"

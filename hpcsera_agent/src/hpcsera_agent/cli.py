@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-from typing import List, Optional
 
 from hpcsera_agent import __version__
 from hpcsera_agent.client import Refused, ServerUnavailable
@@ -17,8 +16,12 @@ from hpcsera_agent.service import Agent
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcsera-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("-c", "--config", help="TOML file (default: "
-                        "$HPCSERA_AGENT_CONFIG or ~/.config/hpcsera/agent.toml)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="TOML file (default: "
+        "$HPCSERA_AGENT_CONFIG or ~/.config/hpcsera/agent.toml)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve calls until stopped (SIGTERM or Ctrl-C)")
@@ -38,7 +41,7 @@ def _install_signal_handlers(agent: Agent) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -62,8 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"hpcsera-agent: config: {exc}", file=sys.stderr)
         return 2
     except Refused as exc:
-        print(f"hpcsera-agent: the server refused: {exc.detail} ({exc.code})",
-              file=sys.stderr)
+        print(
+            f"hpcsera-agent: the server refused: {exc.detail} ({exc.code})",
+            file=sys.stderr,
+        )
         return 3
     except ServerUnavailable as exc:
         print(f"hpcsera-agent: server unavailable: {exc}", file=sys.stderr)

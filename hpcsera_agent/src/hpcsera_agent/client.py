@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import requests
 
@@ -46,9 +46,11 @@ class Client:
             self._local.session = session
         return session
 
-    def _post(self, path: str, body: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
-            response = self._session().post(self._base + path, json=body, timeout=timeout)
+            response = self._session().post(
+                self._base + path, json=body, timeout=timeout
+            )
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{type(exc).__name__} talking to the server")
         if response.status_code >= 500 or response.status_code == 429:
@@ -56,41 +58,54 @@ class Client:
         try:
             data = response.json()
         except ValueError:
-            raise ServerUnavailable(f"server answered {response.status_code} without JSON")
+            raise ServerUnavailable(
+                f"server answered {response.status_code} without JSON"
+            )
         if response.status_code >= 400:
             raise Refused(
-                response.status_code, str(data.get("code", "")), str(data.get("detail", ""))
+                response.status_code,
+                str(data.get("code", "")),
+                str(data.get("detail", "")),
             )
         return data
 
-    def register(self, site: str, capabilities: List[str],
-                 functions: List[Dict[str, Any]]) -> Dict[str, Any]:
-        body = {"site": site, "capabilities": capabilities, "functions": functions,
-                "version": __version__}
+    def register(
+        self, site: str, capabilities: list[str], functions: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        body = {
+            "site": site,
+            "capabilities": capabilities,
+            "functions": functions,
+            "version": __version__,
+        }
         return self._post("/agents", body, self._timeout)
 
-    def claim(self, agent_id: str, max_calls: int, wait: float) -> List[Dict[str, Any]]:
+    def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
         body = {"max": max_calls, "wait": wait}
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
         return list(data.get("calls", []))
 
-    def report(self, agent_id: str, call_id: str, report: Dict[str, Any]) -> Dict[str, Any]:
-        return self._post(f"/agents/{agent_id}/calls/{call_id}/report", report, self._timeout)
+    def report(
+        self, agent_id: str, call_id: str, report: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._post(
+            f"/agents/{agent_id}/calls/{call_id}/report", report, self._timeout
+        )
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
     """Seconds before try `attempt` (1-based): exponential with full jitter."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))  # noqa: S311
 
 
 def report_until_delivered(
     client: Client,
     agent_id: str,
     call_id: str,
-    report: Dict[str, Any],
+    report: dict[str, Any],
     stop: threading.Event,
-    max_attempts: Optional[int] = None,
-) -> Optional[Dict[str, Any]]:
+    max_attempts: int | None = None,
+) -> dict[str, Any] | None:
     """Send a report, retrying while the server is unavailable.
 
     A refusal (the call was cancelled, or already finished) is final and returns

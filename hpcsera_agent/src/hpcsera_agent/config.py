@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +34,7 @@ class FunctionSettings:
 @dataclass(frozen=True)
 class SlurmSettings:
     partition: str = ""
-    extra_args: List[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
     poll_seconds: float = 2.0
     srun: str = "srun"
     sbatch: str = "sbatch"
@@ -55,7 +55,7 @@ class Config:
     claim_wait_seconds: float = 25.0
     max_output_bytes: int = 1024 * 1024
     tail_chars: int = 8192
-    functions: Dict[str, FunctionSettings] = field(default_factory=dict)
+    functions: dict[str, FunctionSettings] = field(default_factory=dict)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
     def function_settings(self, name: str) -> FunctionSettings:
@@ -64,9 +64,12 @@ class Config:
         )
 
 
-def load(path: Optional[str]) -> Config:
-    target = Path(os.path.expanduser(path or os.environ.get("HPCSERA_AGENT_CONFIG", "")
-                                     or DEFAULT_CONFIG))
+def load(path: str | None) -> Config:
+    target = Path(
+        os.path.expanduser(
+            path or os.environ.get("HPCSERA_AGENT_CONFIG", "") or DEFAULT_CONFIG
+        )
+    )
     try:
         with open(target, "rb") as handle:
             raw = tomllib.load(handle)
@@ -79,11 +82,23 @@ def load(path: Optional[str]) -> Config:
     return parse(raw, base=target.parent)
 
 
-def parse(raw: Dict[str, Any], base: Path = Path(".")) -> Config:
+def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
     known = {
-        "server", "token", "token_file", "site", "functions_dir", "state_dir",
-        "arg_mode", "env_prefix", "default_runner", "max_parallel",
-        "claim_wait_seconds", "max_output_bytes", "tail_chars", "functions", "slurm",
+        "server",
+        "token",
+        "token_file",
+        "site",
+        "functions_dir",
+        "state_dir",
+        "arg_mode",
+        "env_prefix",
+        "default_runner",
+        "max_parallel",
+        "claim_wait_seconds",
+        "max_output_bytes",
+        "tail_chars",
+        "functions",
+        "slurm",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -120,7 +135,7 @@ def parse(raw: Dict[str, Any], base: Path = Path(".")) -> Config:
     )
 
 
-def _string(raw: Dict[str, Any], key: str, default: Optional[str] = None) -> str:
+def _string(raw: dict[str, Any], key: str, default: str | None = None) -> str:
     value = raw.get(key, default)
     if value is None:
         raise ConfigError(f"{key} is required")
@@ -129,21 +144,27 @@ def _string(raw: Dict[str, Any], key: str, default: Optional[str] = None) -> str
     return value
 
 
-def _choice(raw: Dict[str, Any], key: str, options: tuple, default: str) -> str:
+def _choice(raw: dict[str, Any], key: str, options: tuple, default: str) -> str:
     value = raw.get(key, default)
     if value not in options:
         raise ConfigError(f"{key} must be one of {', '.join(options)}")
     return value
 
 
-def _int(raw: Dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _int(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
         raise ConfigError(f"{key} must be a whole number from {low} to {high}")
     return value
 
 
-def _float(raw: Dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+def _float(
+    raw: dict[str, Any], key: str, default: float, low: float, high: float
+) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number")
@@ -152,12 +173,12 @@ def _float(raw: Dict[str, Any], key: str, default: float, low: float, high: floa
     return float(value)
 
 
-def _path(raw: Dict[str, Any], key: str, default: str, base: Path) -> Path:
+def _path(raw: dict[str, Any], key: str, default: str, base: Path) -> Path:
     value = Path(os.path.expanduser(_string(raw, key, default)))
     return value if value.is_absolute() else (base / value).resolve()
 
 
-def _token(raw: Dict[str, Any], base: Path) -> str:
+def _token(raw: dict[str, Any], base: Path) -> str:
     if "token" in raw and "token_file" in raw:
         raise ConfigError("set only one of token and token_file")
     if "token_file" in raw:
@@ -167,13 +188,15 @@ def _token(raw: Dict[str, Any], base: Path) -> str:
         except OSError as exc:
             raise ConfigError(f"token_file {path} cannot be read: {exc.strerror}")
     else:
-        token = os.environ.get("HPCSERA_TOKEN") or _string(raw, "token", "")
+        token = os.environ.get("HPCSERA_TOKEN") or raw.get("token", "")
+        if not isinstance(token, str):
+            raise ConfigError("token must be a string")
     if not token:
         raise ConfigError("a token is required (token, token_file or HPCSERA_TOKEN)")
     return token
 
 
-def _functions(raw: Any, default_runner: str) -> Dict[str, FunctionSettings]:
+def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:
     if not isinstance(raw, dict):
         raise ConfigError("[functions] must be a table")
     result = {}
@@ -184,7 +207,9 @@ def _functions(raw: Any, default_runner: str) -> Dict[str, FunctionSettings]:
             raise ConfigError(f"[functions.{name}] must be a table")
         unknown = sorted(set(spec) - {"runner", "idempotent"})
         if unknown:
-            raise ConfigError(f"[functions.{name}] unknown setting(s): {', '.join(unknown)}")
+            raise ConfigError(
+                f"[functions.{name}] unknown setting(s): {', '.join(unknown)}"
+            )
         runner = _choice(spec, "runner", RUNNERS, default_runner)
         idempotent = spec.get("idempotent", False)
         if not isinstance(idempotent, bool):
@@ -196,8 +221,10 @@ def _functions(raw: Any, default_runner: str) -> Dict[str, FunctionSettings]:
 def _slurm(raw: Any) -> SlurmSettings:
     if not isinstance(raw, dict):
         raise ConfigError("[slurm] must be a table")
-    unknown = sorted(set(raw) - {"partition", "extra_args", "poll_seconds", "srun",
-                                 "sbatch", "sacct"})
+    unknown = sorted(
+        set(raw)
+        - {"partition", "extra_args", "poll_seconds", "srun", "sbatch", "sacct"}
+    )
     if unknown:
         raise ConfigError(f"[slurm] unknown setting(s): {', '.join(unknown)}")
     extra = raw.get("extra_args", [])

@@ -13,7 +13,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 from hpcsera_agent.config import FUNCTION_NAME, Config
 
@@ -32,13 +32,13 @@ class RunError(Exception):
 @dataclass
 class Outcome:
     state: str
-    exit_code: Optional[int]
+    exit_code: int | None
     reason: str = ""
     stdout: str = ""
     stdout_truncated: bool = False
     stderr_tail: str = ""
 
-    def report(self) -> Dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "exit_code": self.exit_code,
@@ -53,10 +53,10 @@ class Outcome:
 class Prepared:
     call_id: str
     function: str
-    argv: List[str]
-    env: Dict[str, str]
+    argv: list[str]
+    env: dict[str, str]
     workdir: Path
-    time_limit: Optional[int]
+    time_limit: int | None
 
     @property
     def stdout_path(self) -> Path:
@@ -71,7 +71,7 @@ class Prepared:
         return JOB_NAME_PREFIX + self.call_id
 
 
-def find_executable(functions_dir: Path, name: str) -> Optional[Path]:
+def find_executable(functions_dir: Path, name: str) -> Path | None:
     """`<dir>/<name>` if executable, else `<dir>/<name>/run`; None if neither."""
     if not FUNCTION_NAME.fullmatch(name) or set(name) == {"."}:
         return None
@@ -83,7 +83,7 @@ def find_executable(functions_dir: Path, name: str) -> Optional[Path]:
     return None
 
 
-def prepare(config: Config, call: Dict[str, Any]) -> Prepared:
+def prepare(config: Config, call: dict[str, Any]) -> Prepared:
     name = call["function"]
     executable = find_executable(config.functions_dir, name)
     if executable is None:
@@ -95,11 +95,13 @@ def prepare(config: Config, call: Dict[str, Any]) -> Prepared:
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     env = dict(os.environ)
-    env.update({
-        "HPCSERA_CALL_ID": call["id"],
-        "HPCSERA_JOB_ID": call["job_id"],
-        "HPCSERA_FUNCTION": name,
-    })
+    env.update(
+        {
+            "HPCSERA_CALL_ID": call["id"],
+            "HPCSERA_JOB_ID": call["job_id"],
+            "HPCSERA_FUNCTION": name,
+        }
+    )
     argv = [str(executable)]
     args = call.get("args") or {}
     if config.arg_mode == "argv":
@@ -122,13 +124,13 @@ def prepare(config: Config, call: Dict[str, Any]) -> Prepared:
     )
 
 
-def read_outputs(prepared: Prepared, config: Config) -> Tuple[str, bool, str]:
+def read_outputs(prepared: Prepared, config: Config) -> tuple[str, bool, str]:
     stdout, truncated = _read_capped(prepared.stdout_path, config.max_output_bytes)
     stderr, _ = _read_capped(prepared.stderr_path, config.tail_chars * 4)
-    return stdout, truncated, stderr[-config.tail_chars:]
+    return stdout, truncated, stderr[-config.tail_chars :]
 
 
-def _read_capped(path: Path, limit: int) -> Tuple[str, bool]:
+def _read_capped(path: Path, limit: int) -> tuple[str, bool]:
     """The file's text, or its last `limit` bytes when it is larger."""
     try:
         with open(path, "rb") as handle:
@@ -141,8 +143,11 @@ def _read_capped(path: Path, limit: int) -> Tuple[str, bool]:
     return data.decode("utf-8", errors="replace"), size > limit
 
 
-def _popen(argv: List[str], prepared: Prepared) -> subprocess.Popen:
-    with open(prepared.stdout_path, "wb") as out, open(prepared.stderr_path, "wb") as err:
+def _popen(argv: list[str], prepared: Prepared) -> subprocess.Popen:
+    with (
+        open(prepared.stdout_path, "wb") as out,
+        open(prepared.stderr_path, "wb") as err,
+    ):
         return subprocess.Popen(
             argv,
             cwd=prepared.workdir,
@@ -154,8 +159,9 @@ def _popen(argv: List[str], prepared: Prepared) -> subprocess.Popen:
         )
 
 
-def _wait(process: subprocess.Popen, limit: Optional[int],
-          on_running: Callable[[], None]) -> Optional[int]:
+def _wait(
+    process: subprocess.Popen, limit: int | None, on_running: Callable[[], None]
+) -> int | None:
     """The exit status, or None when the wall-clock limit ended the process."""
     try:
         return process.wait(timeout=min(RUNNING_REPORT_AFTER, limit or math.inf))
@@ -181,8 +187,9 @@ def _kill_group(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _outcome(status: Optional[int], prepared: Prepared, config: Config,
-             limit_reason: str) -> Outcome:
+def _outcome(
+    status: int | None, prepared: Prepared, config: Config, limit_reason: str
+) -> Outcome:
     stdout, truncated, stderr = read_outputs(prepared, config)
     if status is None:
         return Outcome("failed", None, limit_reason, stdout, truncated, stderr)
@@ -191,12 +198,14 @@ def _outcome(status: Optional[int], prepared: Prepared, config: Config,
     if status < 0:
         reason = f"killed by signal {-status}"
         return Outcome("failed", 128 - status, reason, stdout, truncated, stderr)
-    return Outcome("failed", status, f"exited with code {status}", stdout, truncated,
-                   stderr)
+    return Outcome(
+        "failed", status, f"exited with code {status}", stdout, truncated, stderr
+    )
 
 
-def run_local(prepared: Prepared, config: Config,
-              on_running: Callable[[], None]) -> Outcome:
+def run_local(
+    prepared: Prepared, config: Config, on_running: Callable[[], None]
+) -> Outcome:
     try:
         process = _popen(prepared.argv, prepared)
     except OSError as exc:
@@ -206,7 +215,7 @@ def run_local(prepared: Prepared, config: Config,
     return _outcome(status, prepared, config, reason)
 
 
-def slurm_options(prepared: Prepared, config: Config) -> List[str]:
+def slurm_options(prepared: Prepared, config: Config) -> list[str]:
     options = [f"--job-name={prepared.job_name}"]
     if prepared.time_limit:
         options.append(f"--time={math.ceil(prepared.time_limit / 60)}")
@@ -215,8 +224,9 @@ def slurm_options(prepared: Prepared, config: Config) -> List[str]:
     return options + list(config.slurm.extra_args)
 
 
-def run_srun(prepared: Prepared, config: Config,
-             on_running: Callable[[], None]) -> Outcome:
+def run_srun(
+    prepared: Prepared, config: Config, on_running: Callable[[], None]
+) -> Outcome:
     argv = [config.slurm.srun, *slurm_options(prepared, config), *prepared.argv]
     try:
         process = _popen(argv, prepared)

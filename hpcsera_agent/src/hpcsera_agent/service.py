@@ -9,7 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hpcsera_agent import runners, slurm
 from hpcsera_agent.client import (
@@ -31,28 +31,30 @@ class Tracked:
 
 
 class Agent:
-    def __init__(self, config: Config, client: Optional[Client] = None):
+    def __init__(self, config: Config, client: Client | None = None):
         self.config = config
         self.client = client or Client(config.server, config.token)
         self.stop = threading.Event()
-        self.agent_id: Optional[str] = None
-        self._inventory: Dict[str, Dict[str, Any]] = {}
+        self.agent_id: str | None = None
+        self._inventory: dict[str, dict[str, Any]] = {}
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="call")
         self._busy = 0
         self._busy_changed = threading.Condition()
-        self._tracked: Dict[str, Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._tracked_lock = threading.Lock()
         self._register_lock = threading.Lock()
 
     # -- inventory ---------------------------------------------------------
 
-    def capabilities(self) -> List[str]:
+    def capabilities(self) -> list[str]:
         found = ["local"]
-        if shutil.which(self.config.slurm.sbatch) and shutil.which(self.config.slurm.srun):
+        if shutil.which(self.config.slurm.sbatch) and shutil.which(
+            self.config.slurm.srun
+        ):
             found.append("slurm")
         return found
 
-    def scan_inventory(self) -> Dict[str, Dict[str, Any]]:
+    def scan_inventory(self) -> dict[str, dict[str, Any]]:
         folder: Path = self.config.functions_dir
         inventory = {}
         if folder.is_dir():
@@ -78,8 +80,12 @@ class Agent:
             )
             self.agent_id = answer["agent_id"]
             self._inventory = inventory
-        logger.info("%s registered as site %s with %d function(s)",
-                    self.agent_id, self.config.site, len(inventory))
+        logger.info(
+            "%s registered as site %s with %d function(s)",
+            self.agent_id,
+            self.config.site,
+            len(inventory),
+        )
         return True
 
     # -- one step each -------------------------------------------------------
@@ -175,29 +181,35 @@ class Agent:
                 self._busy_changed.wait(wait if wait > 0 else 0.01)
             return max(self.config.max_parallel - self._busy, 0)
 
-    def _start(self, call: Dict[str, Any]) -> None:
+    def _start(self, call: dict[str, Any]) -> None:
         with self._busy_changed:
             self._busy += 1
         self._pool.submit(self._execute, call)
 
-    def _execute(self, call: Dict[str, Any]) -> None:
+    def _execute(self, call: dict[str, Any]) -> None:
         try:
             self._run_call(call)
         except Exception as exc:  # noqa: BLE001 - one bad call must not stop the agent
             logger.error("%s failed inside the agent: %s", call.get("id"), exc)
             logger.debug("%s traceback", call.get("id"), exc_info=True)
-            self._report(call["id"], runners.Outcome(
-                "failed", None, f"the agent failed to run the call: {exc}").report())
+            self._report(
+                call["id"],
+                runners.Outcome(
+                    "failed", None, f"the agent failed to run the call: {exc}"
+                ).report(),
+            )
         finally:
             with self._busy_changed:
                 self._busy -= 1
                 self._busy_changed.notify_all()
 
-    def _run_call(self, call: Dict[str, Any]) -> None:
+    def _run_call(self, call: dict[str, Any]) -> None:
         call_id = call["id"]
         offered = self._inventory.get(call["function"], {})
-        runner = offered.get("runner") or self.config.function_settings(
-            call["function"]).runner
+        runner = (
+            offered.get("runner")
+            or self.config.function_settings(call["function"]).runner
+        )
         try:
             prepared = runners.prepare(self.config, call)
         except runners.RunError as exc:
@@ -234,7 +246,9 @@ class Agent:
             self._tracked[job_id] = Tracked(call_id, prepared)
         self._report(call_id, {"state": "running", "batch_job_id": job_id})
 
-    def _finish_batch(self, job_id: str, item: Tracked, state: slurm.BatchState) -> None:
+    def _finish_batch(
+        self, job_id: str, item: Tracked, state: slurm.BatchState
+    ) -> None:
         stdout, truncated, stderr = runners.read_outputs(item.prepared, self.config)
         outcome = runners.Outcome(
             "succeeded" if state.succeeded else "failed",
@@ -251,7 +265,7 @@ class Agent:
         if self._report(item.call_id, report):
             shutil.rmtree(item.prepared.workdir, ignore_errors=True)
 
-    def _report(self, call_id: str, report: Dict[str, Any]) -> bool:
+    def _report(self, call_id: str, report: dict[str, Any]) -> bool:
         try:
             answer = report_until_delivered(
                 self.client, self.agent_id, call_id, report, self.stop

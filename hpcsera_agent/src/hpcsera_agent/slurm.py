@@ -6,9 +6,9 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional
 
 from hpcsera_agent.config import Config
 from hpcsera_agent.runners import Prepared, RunError, slurm_options
@@ -20,11 +20,23 @@ logger = logging.getLogger(__name__)
 LAUNCHER = '#!/bin/sh\nexec "$@"\n'
 COMMAND_TIMEOUT = 60
 
-ACTIVE = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING",
-    "COMPLETING", "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED",
-    "RESV_DEL_HOLD", "STOPPED",
-})
+ACTIVE = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "RESIZING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+        "STOPPED",
+    }
+)
 FAILURE_REASONS = {
     "FAILED": "the job failed",
     "TIMEOUT": "the batch system stopped the job at its time limit (TIMEOUT)",
@@ -40,7 +52,7 @@ FAILURE_REASONS = {
 @dataclass(frozen=True)
 class BatchState:
     state: str  # the scheduler's word, e.g. COMPLETED
-    exit_code: Optional[int]
+    exit_code: int | None
     signal: int
 
     @property
@@ -86,8 +98,12 @@ def submit(prepared: Prepared, config: Config) -> str:
     ]
     try:
         done = subprocess.run(
-            argv, env=prepared.env, stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=COMMAND_TIMEOUT,
+            argv,
+            env=prepared.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RunError(f"sbatch could not be run: {exc}")
@@ -100,7 +116,7 @@ def submit(prepared: Prepared, config: Config) -> str:
     return job_id
 
 
-def parse_sbatch(output: str) -> Optional[str]:
+def parse_sbatch(output: str) -> str | None:
     """The job id from `sbatch --parsable` output (`id` or `id;cluster`).
 
     Sites print notices before the id line, so the last line that starts with
@@ -121,25 +137,37 @@ def parse_exit_code(raw: str) -> tuple:
         return None, 0
 
 
-def query(job_ids: Iterable[str], config: Config) -> Dict[str, BatchState]:
+def query(job_ids: Iterable[str], config: Config) -> dict[str, BatchState]:
     """The states of all `job_ids` in one sacct run; jobs sacct omits are absent."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
     argv = [
-        config.slurm.sacct, "-X", "-n", "-P", "-j", ",".join(ids),
-        "-o", "JobIDRaw,State,ExitCode",
+        config.slurm.sacct,
+        "-X",
+        "-n",
+        "-P",
+        "-j",
+        ",".join(ids),
+        "-o",
+        "JobIDRaw,State,ExitCode",
     ]
     env = dict(os.environ, SLURM_TIME_FORMAT="standard")
-    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=COMMAND_TIMEOUT)
+    done = subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise RunError(f"sacct failed: {message}")
     return parse_sacct(done.stdout)
 
 
-def parse_sacct(output: str) -> Dict[str, BatchState]:
+def parse_sacct(output: str) -> dict[str, BatchState]:
     states = {}
     for line in output.splitlines():
         parts = line.strip().split("|")

@@ -16,7 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--user", required=True)
         parser.add_argument("--tag", default="default")
         parser.add_argument(
-            "--roles", required=True, help="comma-separated, e.g. POST_Job,GET_JobStatus"
+            "--roles",
+            required=True,
+            help="comma-separated, e.g. POST_Job,GET_JobStatus",
         )
         parser.add_argument("--lifetime", type=int, help="seconds; default: the cap")
         parser.add_argument("--name", default="")

@@ -1,0 +1,126 @@
+"""The agent's side of the agent API. Every connection goes out to the server."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import requests
+
+from hpcsera_agent import __version__
+
+
+class ServerUnavailable(Exception):
+    """The server could not be reached or failed; trying again later may work."""
+
+
+class Refused(Exception):
+    """The server refused the request (4xx); trying again will not help."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class Client:
+    def __init__(self, server: str, token: str, timeout: float = 30.0):
+        self._base = server.rstrip("/") + "/api/agent/v1"
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "User-Agent": f"hpcsera-agent/{__version__}",
+        }
+        self._timeout = timeout
+        # requests sessions are not safe to share between threads; each thread
+        # keeps its own, and so its own kept-alive connection.
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self._headers)
+            self._local.session = session
+        return session
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            response = self._session().post(
+                self._base + path, json=body, timeout=timeout
+            )
+        except requests.RequestException as exc:
+            raise ServerUnavailable(f"{type(exc).__name__} talking to the server")
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServerUnavailable(f"server answered {response.status_code}")
+        try:
+            data = response.json()
+        except ValueError:
+            raise ServerUnavailable(
+                f"server answered {response.status_code} without JSON"
+            )
+        if response.status_code >= 400:
+            raise Refused(
+                response.status_code,
+                str(data.get("code", "")),
+                str(data.get("detail", "")),
+            )
+        return data
+
+    def register(
+        self, site: str, capabilities: list[str], functions: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        body = {
+            "site": site,
+            "capabilities": capabilities,
+            "functions": functions,
+            "version": __version__,
+        }
+        return self._post("/agents", body, self._timeout)
+
+    def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
+        body = {"max": max_calls, "wait": wait}
+        data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
+        return list(data.get("calls", []))
+
+    def report(
+        self, agent_id: str, call_id: str, report: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._post(
+            f"/agents/{agent_id}/calls/{call_id}/report", report, self._timeout
+        )
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
+    """Seconds before try `attempt` (1-based): exponential with full jitter."""
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))  # noqa: S311
+
+
+def report_until_delivered(
+    client: Client,
+    agent_id: str,
+    call_id: str,
+    report: dict[str, Any],
+    stop: threading.Event,
+    max_attempts: int | None = None,
+) -> dict[str, Any] | None:
+    """Send a report, retrying while the server is unavailable.
+
+    A refusal (the call was cancelled, or already finished) is final and returns
+    None. TODO: reports still unsent when the agent dies are lost; a journal on
+    disk that is replayed at start is what would close that gap.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return client.report(agent_id, call_id, report)
+        except Refused:
+            return None
+        except ServerUnavailable:
+            if max_attempts is not None and attempt >= max_attempts:
+                raise
+            # Keep trying through a shutdown too: a result is worth the wait.
+            time.sleep(backoff(attempt, cap=30.0) if not stop.is_set() else 1.0)

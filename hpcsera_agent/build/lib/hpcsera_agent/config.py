@@ -1,0 +1,238 @@
+"""The agent's one configuration object, read from TOML and checked at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older cluster Pythons
+    import tomli as tomllib
+
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+RUNNERS = ("local", "slurm")
+DEFAULT_CONFIG = "~/.config/hpcsera/agent.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    runner: str = "local"
+    idempotent: bool = False
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    poll_seconds: float = 2.0
+    srun: str = "srun"
+    sbatch: str = "sbatch"
+    sacct: str = "sacct"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: str
+    token: str
+    site: str
+    functions_dir: Path
+    state_dir: Path
+    arg_mode: str = "env"
+    env_prefix: str = "HPCSERA_ARG_"
+    default_runner: str = "local"
+    max_parallel: int = 4
+    claim_wait_seconds: float = 25.0
+    max_output_bytes: int = 1024 * 1024
+    tail_chars: int = 8192
+    functions: dict[str, FunctionSettings] = field(default_factory=dict)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+    def function_settings(self, name: str) -> FunctionSettings:
+        return self.functions.get(
+            name, FunctionSettings(runner=self.default_runner, idempotent=False)
+        )
+
+
+def load(path: str | None) -> Config:
+    target = Path(
+        os.path.expanduser(
+            path or os.environ.get("HPCSERA_AGENT_CONFIG", "") or DEFAULT_CONFIG
+        )
+    )
+    try:
+        with open(target, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {target} does not exist")
+    except OSError as exc:
+        raise ConfigError(f"config file {target} cannot be read: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {target} is not valid TOML: {exc}")
+    return parse(raw, base=target.parent)
+
+
+def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
+    known = {
+        "server",
+        "token",
+        "token_file",
+        "site",
+        "functions_dir",
+        "state_dir",
+        "arg_mode",
+        "env_prefix",
+        "default_runner",
+        "max_parallel",
+        "claim_wait_seconds",
+        "max_output_bytes",
+        "tail_chars",
+        "functions",
+        "slurm",
+    }
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+
+    server = _string(raw, "server").rstrip("/")
+    if not re.match(r"https?://", server):
+        raise ConfigError("server must be an http:// or https:// URL")
+    token = _token(raw, base)
+    site = _string(raw, "site", "default")
+    if not SITE_NAME.fullmatch(site):
+        raise ConfigError("site is 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
+    arg_mode = _choice(raw, "arg_mode", ("env", "argv"), "env")
+    env_prefix = _string(raw, "env_prefix", "HPCSERA_ARG_")
+    if not ENV_PREFIX.fullmatch(env_prefix):
+        raise ConfigError("env_prefix must be a valid environment variable prefix")
+    default_runner = _choice(raw, "default_runner", RUNNERS, "local")
+
+    return Config(
+        server=server,
+        token=token,
+        site=site,
+        functions_dir=_path(raw, "functions_dir", "~/hpcsera/functions", base),
+        state_dir=_path(raw, "state_dir", "~/.local/state/hpcsera-agent", base),
+        arg_mode=arg_mode,
+        env_prefix=env_prefix,
+        default_runner=default_runner,
+        max_parallel=_int(raw, "max_parallel", 4, 1, 256),
+        claim_wait_seconds=_float(raw, "claim_wait_seconds", 25.0, 0.0, 300.0),
+        max_output_bytes=_int(raw, "max_output_bytes", 1024 * 1024, 1, 64 * 1024**2),
+        tail_chars=_int(raw, "tail_chars", 8192, 1, 1024 * 1024),
+        functions=_functions(raw.get("functions", {}), default_runner),
+        slurm=_slurm(raw.get("slurm", {})),
+    )
+
+
+def _string(raw: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if value is None:
+        raise ConfigError(f"{key} is required")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string")
+    return value
+
+
+def _choice(raw: dict[str, Any], key: str, options: tuple, default: str) -> str:
+    value = raw.get(key, default)
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {', '.join(options)}")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
+        raise ConfigError(f"{key} must be a whole number from {low} to {high}")
+    return value
+
+
+def _float(
+    raw: dict[str, Any], key: str, default: float, low: float, high: float
+) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number")
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be from {low} to {high}")
+    return float(value)
+
+
+def _path(raw: dict[str, Any], key: str, default: str, base: Path) -> Path:
+    value = Path(os.path.expanduser(_string(raw, key, default)))
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _token(raw: dict[str, Any], base: Path) -> str:
+    if "token" in raw and "token_file" in raw:
+        raise ConfigError("set only one of token and token_file")
+    if "token_file" in raw:
+        path = _path(raw, "token_file", "", base)
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"token_file {path} cannot be read: {exc.strerror}")
+    else:
+        token = os.environ.get("HPCSERA_TOKEN") or _string(raw, "token", "")
+    if not token:
+        raise ConfigError("a token is required (token, token_file or HPCSERA_TOKEN)")
+    return token
+
+
+def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError("[functions] must be a table")
+    result = {}
+    for name, spec in raw.items():
+        if not FUNCTION_NAME.fullmatch(name) or set(name) == {"."}:
+            raise ConfigError(f"function name {name!r} is not valid")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"[functions.{name}] must be a table")
+        unknown = sorted(set(spec) - {"runner", "idempotent"})
+        if unknown:
+            raise ConfigError(
+                f"[functions.{name}] unknown setting(s): {', '.join(unknown)}"
+            )
+        runner = _choice(spec, "runner", RUNNERS, default_runner)
+        idempotent = spec.get("idempotent", False)
+        if not isinstance(idempotent, bool):
+            raise ConfigError(f"[functions.{name}] idempotent must be true or false")
+        result[name] = FunctionSettings(runner=runner, idempotent=idempotent)
+    return result
+
+
+def _slurm(raw: Any) -> SlurmSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[slurm] must be a table")
+    unknown = sorted(
+        set(raw)
+        - {"partition", "extra_args", "poll_seconds", "srun", "sbatch", "sacct"}
+    )
+    if unknown:
+        raise ConfigError(f"[slurm] unknown setting(s): {', '.join(unknown)}")
+    extra = raw.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise ConfigError("[slurm] extra_args must be a list of strings")
+    return SlurmSettings(
+        partition=raw.get("partition", ""),
+        extra_args=list(extra),
+        poll_seconds=_float(raw, "poll_seconds", 2.0, 0.1, 600.0),
+        srun=_string(raw, "srun", "srun"),
+        sbatch=_string(raw, "sbatch", "sbatch"),
+        sacct=_string(raw, "sacct", "sacct"),
+    )

@@ -1,0 +1,239 @@
+"""Running one call: as a local process, through `srun`, or through `sbatch`.
+
+Arguments reach the function as an argv list or as environment variables; no
+command line is ever built as a string, so nothing passes through a shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hpcsera_agent.config import FUNCTION_NAME, Config
+
+logger = logging.getLogger(__name__)
+
+JOB_NAME_PREFIX = "hpcsera-"
+# How long a process may run before the agent tells the server it is running.
+# Short calls then cost one report instead of two.
+RUNNING_REPORT_AFTER = 0.5
+
+
+class RunError(Exception):
+    """The call cannot be started; the message is its reason."""
+
+
+@dataclass
+class Outcome:
+    state: str
+    exit_code: int | None
+    reason: str = ""
+    stdout: str = ""
+    stdout_truncated: bool = False
+    stderr_tail: str = ""
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "reason": self.reason[:2000],
+            "stdout": self.stdout,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_tail": self.stderr_tail,
+        }
+
+
+@dataclass
+class Prepared:
+    call_id: str
+    function: str
+    argv: list[str]
+    env: dict[str, str]
+    workdir: Path
+    time_limit: int | None
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / "stdout"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / "stderr"
+
+    @property
+    def job_name(self) -> str:
+        return JOB_NAME_PREFIX + self.call_id
+
+
+def find_executable(functions_dir: Path, name: str) -> Path | None:
+    """`<dir>/<name>` if executable, else `<dir>/<name>/run`; None if neither."""
+    if not FUNCTION_NAME.fullmatch(name) or set(name) == {"."}:
+        return None
+    path = functions_dir / name
+    if path.is_dir():
+        path = path / "run"
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+def prepare(config: Config, call: dict[str, Any]) -> Prepared:
+    name = call["function"]
+    executable = find_executable(config.functions_dir, name)
+    if executable is None:
+        raise RunError(
+            f"function {name!r} has no executable in the functions folder "
+            f"({config.functions_dir})"
+        )
+    workdir = config.state_dir / "calls" / call["id"]
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "HPCSERA_CALL_ID": call["id"],
+            "HPCSERA_JOB_ID": call["job_id"],
+            "HPCSERA_FUNCTION": name,
+        }
+    )
+    argv = [str(executable)]
+    args = call.get("args") or {}
+    if config.arg_mode == "argv":
+        argv.extend(f"--{key}={value}" for key, value in sorted(args.items()))
+    else:
+        env.update({config.env_prefix + key: value for key, value in args.items()})
+    if call.get("input") is not None:
+        input_path = workdir / "input.json"
+        fd = os.open(input_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(call["input"])
+        env["HPCSERA_INPUT_FILE"] = str(input_path)
+    return Prepared(
+        call_id=call["id"],
+        function=name,
+        argv=argv,
+        env=env,
+        workdir=workdir,
+        time_limit=call.get("time_limit_seconds"),
+    )
+
+
+def read_outputs(prepared: Prepared, config: Config) -> tuple[str, bool, str]:
+    stdout, truncated = _read_capped(prepared.stdout_path, config.max_output_bytes)
+    stderr, _ = _read_capped(prepared.stderr_path, config.tail_chars * 4)
+    return stdout, truncated, stderr[-config.tail_chars :]
+
+
+def _read_capped(path: Path, limit: int) -> tuple[str, bool]:
+    """The file's text, or its last `limit` bytes when it is larger."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                handle.seek(size - limit)
+            data = handle.read(limit)
+    except FileNotFoundError:
+        return "", False
+    return data.decode("utf-8", errors="replace"), size > limit
+
+
+def _popen(argv: list[str], prepared: Prepared) -> subprocess.Popen:
+    with (
+        open(prepared.stdout_path, "wb") as out,
+        open(prepared.stderr_path, "wb") as err,
+    ):
+        return subprocess.Popen(
+            argv,
+            cwd=prepared.workdir,
+            env=prepared.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # its own process group, so a limit kills all of it
+        )
+
+
+def _wait(
+    process: subprocess.Popen, limit: int | None, on_running: Callable[[], None]
+) -> int | None:
+    """The exit status, or None when the wall-clock limit ended the process."""
+    try:
+        return process.wait(timeout=min(RUNNING_REPORT_AFTER, limit or math.inf))
+    except subprocess.TimeoutExpired:
+        pass
+    on_running()
+    remaining = None if limit is None else max(limit - RUNNING_REPORT_AFTER, 0)
+    try:
+        return process.wait(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        return None
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
+def _outcome(
+    status: int | None, prepared: Prepared, config: Config, limit_reason: str
+) -> Outcome:
+    stdout, truncated, stderr = read_outputs(prepared, config)
+    if status is None:
+        return Outcome("failed", None, limit_reason, stdout, truncated, stderr)
+    if status == 0:
+        return Outcome("succeeded", 0, "", stdout, truncated, stderr)
+    if status < 0:
+        reason = f"killed by signal {-status}"
+        return Outcome("failed", 128 - status, reason, stdout, truncated, stderr)
+    return Outcome(
+        "failed", status, f"exited with code {status}", stdout, truncated, stderr
+    )
+
+
+def run_local(
+    prepared: Prepared, config: Config, on_running: Callable[[], None]
+) -> Outcome:
+    try:
+        process = _popen(prepared.argv, prepared)
+    except OSError as exc:
+        return Outcome("failed", None, f"could not start the function: {exc.strerror}")
+    status = _wait(process, prepared.time_limit, on_running)
+    reason = f"stopped at its wall-clock limit of {prepared.time_limit} s"
+    return _outcome(status, prepared, config, reason)
+
+
+def slurm_options(prepared: Prepared, config: Config) -> list[str]:
+    options = [f"--job-name={prepared.job_name}"]
+    if prepared.time_limit:
+        options.append(f"--time={math.ceil(prepared.time_limit / 60)}")
+    if config.slurm.partition:
+        options.append(f"--partition={config.slurm.partition}")
+    return options + list(config.slurm.extra_args)
+
+
+def run_srun(
+    prepared: Prepared, config: Config, on_running: Callable[[], None]
+) -> Outcome:
+    argv = [config.slurm.srun, *slurm_options(prepared, config), *prepared.argv]
+    try:
+        process = _popen(argv, prepared)
+    except OSError as exc:
+        return Outcome("failed", None, f"could not start srun: {exc.strerror}")
+    status = _wait(process, None, on_running)
+    outcome = _outcome(status, prepared, config, "")
+    if outcome.state == "failed" and "DUE TO TIME LIMIT" in outcome.stderr_tail:
+        outcome.reason = "the batch system stopped the step at its time limit (TIMEOUT)"
+    return outcome
