@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import connection
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agentapi import serializers
 from hpcsera.notify import wait_until
-from jobs import selectors
+from jobs import openapi, selectors
 from jobs.models import FunctionCall
 from jobs.services import agent_register, call_report, calls_claim, work_channel
 from tokens import roles
@@ -32,6 +33,10 @@ def _lease(call: FunctionCall) -> dict:
 class AgentRegisterView(APIView):
     required_roles = {"POST": {roles.GET_JOB}}
 
+    @extend_schema(
+        request=serializers.Registration,
+        responses={200: openapi.Registered, **openapi.errors(400)},
+    )
     def post(self, request: Request) -> Response:
         data = serializers.Registration(data=request.data)
         data.is_valid(raise_exception=True)
@@ -55,6 +60,10 @@ class AgentClaimView(APIView):
 
     required_roles = {"POST": {roles.GET_JOB}}
 
+    @extend_schema(
+        request=serializers.Claim,
+        responses={200: openapi.Leases, **openapi.errors(400, 404)},
+    )
     def post(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
         data = serializers.Claim(data=request.data)
@@ -80,6 +89,10 @@ class AgentClaimView(APIView):
 class AgentReportView(APIView):
     required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
 
+    @extend_schema(
+        request=serializers.Report,
+        responses={200: openapi.Reported, **openapi.errors(400, 404, 409)},
+    )
     def post(self, request: Request, agent_id: str, call_id: str) -> Response:
         agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
         data = serializers.Report(data=request.data)

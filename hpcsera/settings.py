@@ -59,9 +59,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "mozilla_django_oidc",
     "tokens",
     "jobs",
     "agentapi",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -125,9 +129,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["tokens.auth.BearerTokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tokens.auth.BearerTokenAuthentication",
+        "tokens.auth.ReadOnlySessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["tokens.auth.RolePermission"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "hpcsera.schema.RoleAutoSchema",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "hpcsera.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -151,6 +162,57 @@ HPCSERA = {
         "HPCSERA_TOKEN_DEFAULT_LIFETIME_SECONDS", 30 * 24 * 3600, minimum=60
     ),
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "HPCSerA API",
+    "DESCRIPTION": (
+        "Run functions on HPC clusters over REST. Send a token as "
+        "'Authorization: Bearer <token>'; each operation lists the roles it "
+        "needs as OAuth2 scopes."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"RunnerEnum": "jobs.models.Function.Runner"},
+}
+
+# The web UI logs in through the institution's OpenID provider. Without
+# OIDC_RP_CLIENT_ID the login page says so and only the admin's password
+# login remains (for operators).
+OIDC_RP_CLIENT_ID = env.string("OIDC_RP_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env.secret("OIDC_RP_CLIENT_SECRET")
+OIDC_OP_ISSUER = env.string("OIDC_OP_ISSUER")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.string("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env.string("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env.string("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env.string("OIDC_OP_JWKS_ENDPOINT")
+OIDC_RP_SIGN_ALGO = env.string("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_TIMEOUT = 10
+OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+if OIDC_ENABLED:
+    missing = [
+        name
+        for name in (
+            "OIDC_RP_CLIENT_SECRET",
+            "OIDC_OP_ISSUER",
+            "OIDC_OP_AUTHORIZATION_ENDPOINT",
+            "OIDC_OP_TOKEN_ENDPOINT",
+            "OIDC_OP_USER_ENDPOINT",
+            "OIDC_OP_JWKS_ENDPOINT",
+        )
+        if not globals()[name]
+    ]
+    if missing:
+        raise ImproperlyConfigured(f"OIDC needs {', '.join(missing)} as well")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+if OIDC_ENABLED:
+    AUTHENTICATION_BACKENDS.insert(0, "web.oidc.IdentityBackend")
+LOGIN_URL = "/ui/login"
+LOGIN_REDIRECT_URL = "/ui/tokens"
+LOGOUT_REDIRECT_URL = "/ui/login"
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

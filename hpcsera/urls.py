@@ -1,8 +1,14 @@
+from django.conf import settings
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
 from jobs.urls import api_urlpatterns, faas_urlpatterns
+
+PUBLIC = {"permission_classes": [AllowAny], "authentication_classes": []}
 
 
 def health(request):  # noqa: ANN001, ANN201
@@ -10,10 +16,24 @@ def health(request):  # noqa: ANN001, ANN201
 
 
 urlpatterns = [
+    path("", RedirectView.as_view(url="/ui/", permanent=False)),
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
+    path("ui/", include("web.urls")),
+    # The schema and its viewer describe the API; they are public on purpose.
+    path("api/schema", SpectacularAPIView.as_view(**PUBLIC), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC),
+        name="docs",
+    ),
     path("api/v1/", include(api_urlpatterns)),
     path("api/agent/v1/", include("agentapi.urls")),
+    *(
+        [path("oidc/", include("mozilla_django_oidc.urls"))]
+        if settings.OIDC_ENABLED
+        else []
+    ),
     # Users' FaaS namespaces last: `<user>/function/<name>` cannot shadow the
     # fixed prefixes above.
     path("", include(faas_urlpatterns)),

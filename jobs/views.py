@@ -3,13 +3,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hpcsera.errors import PROBLEM_JSON, NotFound, problem
 from hpcsera.notify import wait_until
-from jobs import selectors, validation
+from jobs import openapi, selectors, validation
 from jobs.models import CallState, FunctionCall
 from jobs.presenters import call_detail, call_summary, job_detail
 from jobs.services import call_channel, faas_submit
@@ -57,6 +58,23 @@ class FaasView(APIView):
     mode = FunctionCall.Mode.SYNC
     required_roles = {"POST": {roles.POST_JOB}}
 
+    @extend_schema(
+        summary="Call a function",
+        description=(
+            "Query parameters are the function's arguments; an optional JSON body "
+            "reaches it as a file. The sync endpoint answers with the function's "
+            "stdout (200), 502 when it fails, or 202 when it is still running "
+            "after the wait limit; the async endpoint answers 202 at once."
+        ),
+        request={"application/json": dict},
+        parameters=openapi.FAAS_HEADERS,
+        responses={
+            200: OpenApiResponse(description="the function's stdout"),
+            202: openapi.CallSummary,
+            502: openapi.Problem,
+            **openapi.errors(400, 404),
+        },
+    )
     def post(self, request: Request, user: str, name: str) -> HttpResponse:
         token = request.auth
         if user != token.user.get_username():
@@ -131,6 +149,7 @@ def _sync_answer(call: FunctionCall) -> HttpResponse:
 class JobListView(APIView):
     required_roles = {"GET": {roles.GET_JOB_STATUS}}
 
+    @extend_schema(responses={200: openapi.JobList, **openapi.errors(400)})
     def get(self, request: Request) -> Response:
         limit = request.query_params.get("limit", "50")
         if not limit.isdigit() or not 1 <= int(limit) <= 200:
@@ -148,6 +167,10 @@ class JobListView(APIView):
 class JobDetailView(APIView):
     required_roles = {"GET": {roles.GET_JOB_STATUS}}
 
+    @extend_schema(
+        operation_id="job_detail",
+        responses={200: openapi.JobDetail, **openapi.errors(404)},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(token=request.auth, job_id=job_id)
         calls = list(job.calls.select_related("agent").order_by("created_at"))
@@ -157,6 +180,7 @@ class JobDetailView(APIView):
 class CallDetailView(APIView):
     required_roles = {"GET": {roles.GET_JOB_STATUS}}
 
+    @extend_schema(responses={200: openapi.CallDetail, **openapi.errors(404)})
     def get(self, request: Request, call_id: str) -> Response:
         call = selectors.call_get(token=request.auth, call_id=call_id)
         return Response(call_detail(call))

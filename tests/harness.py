@@ -85,9 +85,9 @@ class Server:
         self.drop_database()
 
 
-def start_server(tmp: Path, **settings: str) -> Server:
+def start_server(tmp: Path, port: int | None = None, **settings: str) -> Server:
     database_url, drop = _fresh_database(tmp)
-    port = free_port()
+    port = port or free_port()
     env = dict(
         os.environ,
         DATABASE_URL=database_url,
@@ -115,16 +115,112 @@ def start_server(tmp: Path, **settings: str) -> Server:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    if not _wait_until_up(url + "/healthz", process):
+        process.kill()
+        drop()
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return Server(url, env, process, drop, log)
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, env, process, drop, log)
+            if requests.get(url, timeout=1).status_code < 500:
+                return True
         except requests.ConnectionError:
             time.sleep(0.1)
-    process.kill()
-    drop()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return False
+
+
+@dataclass
+class Provider:
+    """The test OpenID provider and what HPCSerA needs to know about it."""
+
+    url: str
+    process: subprocess.Popen
+    client_id: str
+    client_secret: str
+
+    @property
+    def issuer(self) -> str:
+        return self.url + "/o"
+
+    def rp_settings(self) -> dict[str, str]:
+        return {
+            "OIDC_RP_CLIENT_ID": self.client_id,
+            "OIDC_RP_CLIENT_SECRET": self.client_secret,
+            "OIDC_OP_ISSUER": self.issuer,
+            "OIDC_OP_AUTHORIZATION_ENDPOINT": self.issuer + "/authorize/",
+            "OIDC_OP_TOKEN_ENDPOINT": self.issuer + "/token/",
+            "OIDC_OP_USER_ENDPOINT": self.issuer + "/userinfo/",
+            "OIDC_OP_JWKS_ENDPOINT": self.issuer + "/.well-known/jwks.json",
+        }
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_provider(tmp: Path, redirect_uri: str, people: list[str]) -> Provider:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    port = free_port()
+    # "localhost", not 127.0.0.1: browsers keep cookies per host name, so the
+    # provider's and HPCSerA's sessions cannot mix.
+    url = f"http://localhost:{port}"
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.oidc_provider.settings",
+        OP_DB=str(tmp / "provider.sqlite3"),
+        OP_RSA_KEY=pem,
+        OP_ISSUER=url + "/o",
+    )
+    client_id, client_secret = "hpcsera-" + uuid.uuid4().hex[:8], uuid.uuid4().hex
+    subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "tests.oidc_provider.setup",
+            redirect_uri,
+            client_id,
+            client_secret,
+            *people,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    log = tmp / "provider.log"
+    process = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "-c",
+            "/dev/null",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--threads",
+            "8",
+            "tests.oidc_provider.wsgi",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    if not _wait_until_up(url + "/o/.well-known/openid-configuration", process):
+        process.kill()
+        raise RuntimeError(f"provider did not start: {log.read_text()[-2000:]}")
+    return Provider(url, process, client_id, client_secret)
 
 
 @dataclass

@@ -7,12 +7,43 @@ new endpoint cannot forget its roles and end up open.
 
 from __future__ import annotations
 
-from rest_framework.authentication import BaseAuthentication
+from dataclasses import dataclass
+
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.permissions import BasePermission
 
 from hpcsera.errors import Forbidden, NotAuthenticated
+from tokens import roles
 from tokens.models import Token
 from tokens.services import token_authenticate
+
+SESSION_TAG_KEY = "hpcsera_tag"
+DEFAULT_TAG = "default"
+
+
+@dataclass(frozen=True)
+class SessionPrincipal:
+    """A person logged into the web UI, browsing the API in one tag.
+
+    It stands where a token stands, so selectors fence it the same way. It may
+    only read: anything that changes state or runs code takes a token, whose
+    roles the user chose on purpose.
+    """
+
+    user_id: int
+    user: object
+    tag: str
+    role_set: frozenset = frozenset({roles.GET_JOB_STATUS})
+
+
+class ReadOnlySessionAuthentication(SessionAuthentication):
+    def authenticate(self, request):  # noqa: ANN001, ANN201
+        found = super().authenticate(request)
+        if found is None:
+            return None
+        user, _ = found
+        tag = request.session.get(SESSION_TAG_KEY, DEFAULT_TAG)
+        return (user, SessionPrincipal(user_id=user.pk, user=user, tag=tag))
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -44,7 +75,7 @@ def required_roles(view: object, method: str) -> frozenset[str] | None:
 class RolePermission(BasePermission):
     def has_permission(self, request, view) -> bool:  # noqa: ANN001
         token = request.auth
-        if not isinstance(token, Token):
+        if not isinstance(token, (Token, SessionPrincipal)):
             raise NotAuthenticated(
                 "This endpoint needs 'Authorization: Bearer <token>'.",
                 code="not_authenticated",

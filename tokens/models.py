@@ -37,3 +37,28 @@ class Token(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class SecurityEvent(models.Model):
+    """What the audit log page shows a user: logins, tokens made and revoked, ..."""
+
+    class Kind(models.TextChoices):
+        LOGIN = "login", "Login"
+        LOGIN_FAILED = "login_failed", "Failed login"
+        LOGOUT = "logout", "Logout"
+        TOKEN_CREATED = "token_created", "Token created"  # noqa: S105 - an event
+        TOKEN_REVOKED = "token_revoked", "Token revoked"  # noqa: S105 - an event
+        AGENT_REGISTERED = "agent_registered", "Agent registered"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="security_events",
+    )
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    detail = models.JSONField(default=dict)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-created_at"])]

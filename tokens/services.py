@@ -16,11 +16,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.utils import timezone
 
 from hpcsera.errors import BadInput, NotAuthenticated
 from tokens import roles as role_names
-from tokens.models import Token
+from tokens.audit import security_event_record
+from tokens.models import SecurityEvent, Token
 
 KIND = "hpcsera_"
 PREFIX_HEX = 12
@@ -45,6 +47,7 @@ def lifetime_caps() -> dict[str, int]:
     return caps
 
 
+@transaction.atomic
 def token_issue(
     *,
     user: AbstractBaseUser,
@@ -52,6 +55,7 @@ def token_issue(
     roles: list[str] | tuple[str, ...] | frozenset[str],
     lifetime_seconds: int | None = None,
     name: str = "",
+    request: object = None,
 ) -> IssuedToken:
     try:
         role_set = role_names.parse_roles(roles)
@@ -63,6 +67,8 @@ def token_issue(
             "letter or digit.",
             code="invalid_tag",
         )
+    if len(name) > 100:
+        raise BadInput("A token name is at most 100 characters.", code="invalid_name")
     cap = role_names.lifetime_cap(role_set, lifetime_caps())
     if lifetime_seconds is None:
         lifetime_seconds = min(cap, settings.HPCSERA["TOKEN_DEFAULT_LIFETIME_SECONDS"])
@@ -83,6 +89,15 @@ def token_issue(
         prefix=prefix,
         digest=_digest(raw),
         expires_at=timezone.now() + timedelta(seconds=lifetime_seconds),
+    )
+    security_event_record(
+        user=user,
+        kind=SecurityEvent.Kind.TOKEN_CREATED,
+        request=request,
+        prefix=prefix,
+        tag=tag,
+        roles=sorted(role_set),
+        name=name,
     )
     return IssuedToken(token=token, secret=raw)
 
@@ -112,10 +127,20 @@ def token_authenticate(raw: str) -> Token:
     return token
 
 
-def token_revoke(*, token: Token) -> None:
-    Token.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+def token_revoke(*, token: Token, request: object = None) -> bool:
+    """Revoke `token`; True if this call revoked it (False: it already was)."""
+    revoked = Token.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    if revoked:
+        security_event_record(
+            user=token.user,
+            kind=SecurityEvent.Kind.TOKEN_REVOKED,
+            request=request,
+            prefix=token.prefix,
+            tag=token.tag,
+        )
+    return bool(revoked)
 
 
 def _prefix_of(raw: str) -> str | None:

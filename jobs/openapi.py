@@ -1,0 +1,116 @@
+"""Shapes of API answers, for the OpenAPI schema (the views build plain dicts)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+
+class Problem(serializers.Serializer):
+    type = serializers.CharField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    code = serializers.CharField(help_text="stable, for programs")
+    detail = serializers.CharField(help_text="for people")
+
+
+class Timings(serializers.Serializer):
+    created_at = serializers.DateTimeField()
+    leased_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    duration_seconds = serializers.FloatField(allow_null=True)
+
+
+class CallSummary(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    call_id = serializers.UUIDField()
+    function = serializers.CharField()
+    state = serializers.CharField()
+    status_url = serializers.CharField()
+    job_url = serializers.CharField()
+
+
+class CallDetail(serializers.Serializer):
+    id = serializers.UUIDField()
+    job_id = serializers.UUIDField()
+    function = serializers.CharField()
+    mode = serializers.ChoiceField(choices=["sync", "async"])
+    site = serializers.CharField(allow_null=True)
+    agent_site = serializers.CharField(allow_null=True)
+    args = serializers.DictField(child=serializers.CharField())
+    has_input = serializers.BooleanField()
+    time_limit_seconds = serializers.IntegerField(allow_null=True)
+    state = serializers.CharField()
+    terminal = serializers.BooleanField()
+    reason = serializers.CharField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    batch_job_id = serializers.CharField(allow_null=True)
+    output = serializers.JSONField(
+        allow_null=True, help_text="stdout, parsed as JSON when it is JSON"
+    )
+    stdout = serializers.CharField()
+    stdout_truncated = serializers.BooleanField()
+    stderr_tail = serializers.CharField()
+    timings = Timings()
+    status_url = serializers.CharField()
+    job_url = serializers.CharField()
+
+
+class JobDetail(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    tag = serializers.CharField()
+    state = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    calls = CallDetail(many=True)
+    url = serializers.CharField()
+
+
+class JobList(serializers.Serializer):
+    jobs = JobDetail(many=True)
+
+
+class Lease(serializers.Serializer):
+    id = serializers.UUIDField()
+    job_id = serializers.UUIDField()
+    function = serializers.CharField()
+    mode = serializers.CharField()
+    args = serializers.DictField(child=serializers.CharField())
+    input = serializers.CharField(allow_null=True)
+    time_limit_seconds = serializers.IntegerField(allow_null=True)
+    lease_expires_at = serializers.DateTimeField()
+
+
+class Leases(serializers.Serializer):
+    calls = Lease(many=True)
+
+
+class Registered(serializers.Serializer):
+    agent_id = serializers.UUIDField()
+    site = serializers.CharField()
+    functions = serializers.ListField(child=serializers.CharField())
+    claim_wait_seconds = serializers.FloatField()
+    lease_seconds = serializers.IntegerField()
+
+
+class Reported(serializers.Serializer):
+    id = serializers.UUIDField()
+    state = serializers.CharField()
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {status: OpenApiResponse(Problem) for status in (401, 403, *statuses)}
+
+
+FAAS_HEADERS = [
+    OpenApiParameter(
+        "X-Hpcsera-Site", str, OpenApiParameter.HEADER, description="run on this site"
+    ),
+    OpenApiParameter(
+        "X-Hpcsera-Time-Limit",
+        int,
+        OpenApiParameter.HEADER,
+        description="wall-clock limit in seconds",
+    ),
+]

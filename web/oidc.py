@@ -1,0 +1,83 @@
+"""Login through the institution's OpenID provider (mozilla-django-oidc).
+
+On top of the library's signature and nonce checks, the ID token's issuer and
+audience are checked here, and users are mapped by issuer and subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import SuspiciousOperation
+from django.db import IntegrityError, transaction
+from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+from web.models import OidcIdentity
+
+logger = logging.getLogger(__name__)
+
+USERNAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class IdentityBackend(OIDCAuthenticationBackend):
+    def verify_token(self, token: str, **kwargs: Any) -> dict:
+        payload = super().verify_token(token, **kwargs)
+        issuer = settings.OIDC_OP_ISSUER
+        if not issuer or payload.get("iss") != issuer:
+            raise SuspiciousOperation("ID token from an unexpected issuer")
+        audience = payload.get("aud")
+        audiences = [audience] if isinstance(audience, str) else list(audience or [])
+        client_id = settings.OIDC_RP_CLIENT_ID
+        if client_id not in audiences:
+            raise SuspiciousOperation("ID token for another audience")
+        if len(audiences) > 1 and payload.get("azp") != client_id:
+            raise SuspiciousOperation("ID token authorized for another party")
+        if not payload.get("sub"):
+            raise SuspiciousOperation("ID token without a subject")
+        return payload
+
+    def get_or_create_user(self, access_token: str, id_token: str, payload: dict):  # noqa: ANN201
+        claims = self.get_userinfo(access_token, id_token, payload)
+        if claims.get("sub") != payload["sub"]:
+            # OpenID Connect Core 5.3.2: userinfo must describe the same subject.
+            raise SuspiciousOperation("userinfo subject differs from the ID token")
+        identity = (
+            OidcIdentity.objects.select_related("user")
+            .filter(issuer=payload["iss"], subject=payload["sub"])
+            .first()
+        )
+        if identity is not None:
+            return identity.user if identity.user.is_active else None
+        if not self.get_settings("OIDC_CREATE_USER", True):
+            return None
+        return self._create(payload["iss"], payload["sub"], claims)
+
+    def _create(self, issuer: str, subject: str, claims: dict):  # noqa: ANN202
+        User = get_user_model()
+        base = _username_from(claims, subject)
+        for attempt in range(50):
+            username = base if attempt == 0 else f"{base[:60]}-{attempt + 1}"
+            try:
+                with transaction.atomic():
+                    user = User.objects.create_user(
+                        username, email=claims.get("email", "")
+                    )
+                    OidcIdentity.objects.create(
+                        user=user, issuer=issuer, subject=subject
+                    )
+                logger.info("%s created from an OIDC login", user.pk)
+                return user
+            except IntegrityError:
+                continue
+        raise SuspiciousOperation("no free username for this identity")
+
+
+def _username_from(claims: dict, subject: str) -> str:
+    """A URL-safe username: it is the user's FaaS namespace."""
+    wanted = claims.get("preferred_username") or claims.get("email", "").split("@")[0]
+    cleaned = USERNAME_SAFE.sub("", str(wanted))[:64].strip(".")
+    return cleaned or "user-" + USERNAME_SAFE.sub("", subject)[:32]

@@ -1,0 +1,19 @@
+from django.urls import path
+from mozilla_django_oidc.views import OIDCLogoutView
+
+from web import views
+
+urlpatterns = [
+    path("", views.home, name="ui-home"),
+    path("login", views.login_page, name="ui-login"),
+    path("logout", OIDCLogoutView.as_view(), name="ui-logout"),
+    path("tokens", views.tokens, name="ui-tokens"),
+    path(
+        "tokens/<str:token_id>/revoke", views.token_revoke_view, name="ui-token-revoke"
+    ),
+    path("jobs", views.jobs, name="ui-jobs"),
+    path("jobs/<str:job_id>", views.job_detail, name="ui-job"),
+    path("agents", views.agents, name="ui-agents"),
+    path("audit", views.audit, name="ui-audit"),
+    path("api-tag", views.api_tag, name="ui-api-tag"),
+]
