@@ -22,14 +22,16 @@ ROLE_HELP = {
 
 
 class RoleAutoSchema(AutoSchema):
-    def get_auth(self) -> list[dict[str, list[str]]]:
-        needed = required_roles(self.view, self.method)
-        return [{SCHEME: sorted(needed or [])}]
+    """The project's schema class; roles enter through BearerTokenScheme."""
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     target_class = "tokens.auth.BearerTokenAuthentication"
     name = SCHEME
+
+    def get_security_requirement(self, auto_schema):  # noqa: ANN001, ANN201
+        needed = required_roles(auto_schema.view, auto_schema.method)
+        return {SCHEME: sorted(needed or [])}
 
     def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
         return {
@@ -48,3 +50,18 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
                 }
             },
         }
+
+
+class SessionScheme(OpenApiAuthenticationExtension):
+    """The web UI's session, for browsing the API read-only."""
+
+    target_class = "tokens.auth.ReadOnlySessionAuthentication"
+    name = "webSession"
+
+    def get_security_requirement(self, auto_schema):  # noqa: ANN001, ANN201
+        needed = required_roles(auto_schema.view, auto_schema.method) or set()
+        # A session may only read; operations needing more are token-only.
+        return {self.name: []} if needed <= {roles.GET_JOB_STATUS} else None
+
+    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+        return {"type": "apiKey", "in": "cookie", "name": "sessionid"}

@@ -9,4 +9,11 @@ VENV=${VENV:-.venv}
 if [ "$(id -u)" = 0 ] && [ "${HPCSERA_SKIP_SLURM:-0}" != 1 ]; then
   scripts/slurm-local-start.sh
 fi
+# The browser tests drive Debian's Chromium; Playwright downloads no browser.
+if [ ! -x "${HPCSERA_CHROMIUM:-/usr/bin/chromium}" ] && [ "$(id -u)" = 0 ]; then
+  echo "test.sh: installing chromium for the browser tests" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium >/dev/null
+fi
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,6 +1,6 @@
 """Prepare the test provider's database: users and HPCSerA's client.
 
-python -m tests.oidc_provider.setup REDIRECT_URI CLIENT_ID CLIENT_SECRET USER:PASSWORD...
+python -m tests.oidc_provider.setup REDIRECT CLIENT_ID SECRET USER:PASSWORD...
 """
 
 import os
