@@ -24,6 +24,16 @@ client_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
 agent_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
   --roles GET_Job,UPDATE_JobStatus --name "make run agent" --lifetime 86400)
 
+# A local OpenID provider stands in for the institution's single sign-on, so
+# the web UI can be tried: user $USER_NAME, a fresh password on every start.
+PROVIDER_PORT=${PROVIDER_PORT:-8001}
+eval "$("$PY" -m tests.oidc_provider.dev "$VAR" "http://127.0.0.1:$PORT" \
+  "$PROVIDER_PORT" "$USER_NAME")"
+
+# The provider's first user has subject "1": that is the demo user there.
+"$PY" manage.py link_identity --user "$USER_NAME" --issuer "$OIDC_OP_ISSUER" \
+  --subject 1 >/dev/null
+
 umask 077
 cat > "$VAR/agent.toml" <<TOML
 server = "http://127.0.0.1:$PORT"
@@ -34,15 +44,20 @@ state_dir = "$VAR/agent-state"
 TOML
 umask 022
 
-server_pid="" agent_pid=""
+server_pid="" agent_pid="" provider_pid=""
 cleanup() {
   # INT is gunicorn's quick shutdown; it also ends the agent's open long-poll.
   [ -n "$server_pid" ] && kill -INT "$server_pid" 2>/dev/null
+  [ -n "$provider_pid" ] && kill -INT "$provider_pid" 2>/dev/null
   [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+DJANGO_SETTINGS_MODULE=tests.oidc_provider.settings "$VENV/bin/gunicorn" -c /dev/null \
+  -b "127.0.0.1:$PROVIDER_PORT" --threads 4 --log-level warning tests.oidc_provider.wsgi &
+provider_pid=$!
 
 # gunicorn.conf.py holds the server settings; one worker, since the embedded
 # default keeps notifications inside one process.
@@ -67,7 +82,10 @@ Call the example function:
 
   curl -s -X POST -H "Authorization: Bearer $client_token" "http://127.0.0.1:$PORT/$USER_NAME/function/hello?name=Ada"
 
-Functions live in $VAR/functions. Ctrl-C stops the server and the agent.
+Web UI: http://127.0.0.1:$PORT/ui/ — log in as '$USER_NAME' with password
+'$DEMO_PASSWORD' at the local test identity provider. API docs: /api/docs/
+
+Functions live in $VAR/functions. Ctrl-C stops everything.
 
 MSG
 wait
