@@ -11,6 +11,8 @@ worker_class = "gthread"
 threads = int(os.environ.get("HPCSERA_THREADS", "64"))
 workers = int(os.environ.get("HPCSERA_WORKERS", "1"))
 graceful_timeout = 10
+# Function arguments travel in the query string; 8190 is gunicorn's maximum.
+limit_request_line = 8190
 
 
 def _release_waiters() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from rest_framework import serializers
+from django.core.validators import ProhibitNullCharactersValidator
 
 from hpcsera.errors import BadInput
 from jobs import validation
@@ -52,28 +53,55 @@ class Claim(serializers.Serializer):
         return min(value, settings.HPCSERA["CLAIM_WAIT_SECONDS"])
 
 
+class OutputField(serializers.CharField):
+    """A program's output: any text, a NUL in it kept as U+FFFD, since
+    databases store no NUL in text and a refused report would strand the call."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(allow_blank=True, trim_whitespace=False, required=False)
+        self.validators = [
+            v
+            for v in self.validators
+            if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
+
+    def to_internal_value(self, data: object) -> str:
+        return super().to_internal_value(data).replace("\x00", "\ufffd")
+
+
 REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED]
 
 
 class Report(serializers.Serializer):
     state = serializers.ChoiceField(choices=REPORTABLE)
-    exit_code = serializers.IntegerField(required=False, allow_null=True)
+    exit_code = serializers.IntegerField(
+        required=False, allow_null=True, min_value=-(2**31), max_value=2**31 - 1
+    )
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     batch_job_id = serializers.CharField(
         max_length=64, required=False, allow_blank=True
     )
-    stdout = serializers.CharField(
-        required=False, allow_blank=True, trim_whitespace=False
-    )
+    stdout = OutputField()
     stdout_truncated = serializers.BooleanField(required=False)
-    stderr_tail = serializers.CharField(
-        required=False, allow_blank=True, trim_whitespace=False
-    )
+    stderr_tail = OutputField()
 
     def validate_stdout(self, value: str) -> str:
-        if len(value.encode("utf-8")) > settings.HPCSERA["MAX_OUTPUT_BYTES"]:
+        if (
+            len(value.encode("utf-8", errors="replace"))
+            > settings.HPCSERA["MAX_OUTPUT_BYTES"]
+        ):
             raise serializers.ValidationError("stdout is larger than the output limit")
         return value
 
     def validate_stderr_tail(self, value: str) -> str:
         return value[-settings.HPCSERA["MAX_TAIL_CHARS"] :]
+
+    def validate(self, data: dict) -> dict:
+        if data["state"] == CallState.SUCCEEDED and data.get("exit_code") not in (
+            None,
+            0,
+        ):
+            raise serializers.ValidationError(
+                {"exit_code": "a call that succeeded exited with 0"}
+            )
+        return data

@@ -139,7 +139,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "hpcsera.schema.RoleAutoSchema",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["hpcsera.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "hpcsera.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -153,7 +153,13 @@ HPCSERA = {
     # How long a claimed call stays leased to its agent without a report.
     "LEASE_SECONDS": env.integer("HPCSERA_LEASE_SECONDS", 300, minimum=5),
     "MAX_BODY_BYTES": env.integer("HPCSERA_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
-    "MAX_ARG_VALUE_CHARS": env.integer("HPCSERA_MAX_ARG_VALUE_CHARS", 4096, minimum=1),
+    # Arguments travel in the request line, which gunicorn caps at 8 KiB;
+    # anything longer belongs in the JSON body.
+    "MAX_ARG_VALUE_CHARS": env.integer("HPCSERA_MAX_ARG_VALUE_CHARS", 2048, minimum=1),
+    # Sync requests waiting at once per server process; beyond this a sync call
+    # answers 202 at once, so waiting clients cannot take every thread from
+    # agents and status requests.
+    "MAX_SYNC_WAITERS": env.integer("HPCSERA_MAX_SYNC_WAITERS", 32, minimum=0),
     "MAX_ARGS": env.integer("HPCSERA_MAX_ARGS", 64, minimum=1),
     "MAX_OUTPUT_BYTES": env.integer("HPCSERA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=1),
     "MAX_TAIL_CHARS": env.integer("HPCSERA_MAX_TAIL_CHARS", 8192, minimum=1),
@@ -213,6 +219,9 @@ if OIDC_ENABLED:
 LOGIN_URL = "/ui/login"
 LOGIN_REDIRECT_URL = "/ui/tokens"
 LOGOUT_REDIRECT_URL = "/ui/login"
+
+# Agents report up to MAX_OUTPUT_BYTES of output; JSON escaping can grow it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * HPCSERA["MAX_OUTPUT_BYTES"] + 64 * 1024
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.urls import reverse
 
+from hpcsera.parsers import strict_loads
 from jobs.models import TERMINAL_STATES, CallState, FunctionCall, Job
 
 
 def call_result(call: FunctionCall) -> Any:
     """The function's result: its stdout as JSON when it is JSON, else as text."""
     try:
-        return json.loads(call.stdout)
+        return strict_loads(call.stdout)
     except ValueError:
         return call.stdout
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
+from urllib.parse import parse_qsl
 from collections.abc import Iterable
 
 from django.conf import settings
 
 from hpcsera.errors import BadInput
+from hpcsera.parsers import strict_loads
 
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ARG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -33,6 +34,14 @@ def site_name(name: str) -> str:
             code="invalid_site",
         )
     return name
+
+
+def query_pairs(query_string: str) -> list[tuple[str, str]]:
+    """The query string's pairs; text that is not UTF-8 is refused, not patched."""
+    try:
+        return parse_qsl(query_string, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadInput("The query string is not valid UTF-8.", code="invalid_argument")
 
 
 def arguments(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -74,7 +83,7 @@ def json_body(raw: bytes) -> str | None:
         return None
     try:
         text = raw.decode("utf-8")
-        json.loads(text)
+        strict_loads(text)
     except (UnicodeDecodeError, ValueError):
         raise BadInput("The body is not a valid JSON document.", code="malformed_json")
     return text
@@ -103,7 +112,7 @@ def time_limit(raw: str | None) -> int | None:
 
 def is_json(text: str) -> bool:
     try:
-        json.loads(text)
+        strict_loads(text)
     except ValueError:
         return False
     return True

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+import threading
+
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
@@ -23,10 +26,14 @@ DISCARD_MAX = 64 * 1024 * 1024
 
 def _read_body(request: Request) -> bytes:
     limit = settings.HPCSERA["MAX_BODY_BYTES"]
-    declared = request.META.get("CONTENT_LENGTH") or "0"
+    declared = request.META.get("CONTENT_LENGTH") or ""
     if declared.isdigit() and int(declared) > limit:
         _discard(request, int(declared))
         raise validation.body_too_large()
+    if not declared and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", ""):
+        # Django reads nothing without a Content-Length; the server has
+        # already undone the chunking, so the raw input stream is the body.
+        return request.META["wsgi.input"].read(limit + 1)
     # Read at most one byte past the limit, whatever the header claimed.
     return request._request.read(limit + 1)
 
@@ -46,10 +53,8 @@ def _discard(request: Request, size: int) -> None:
 
 
 def _query_args(request: Request) -> dict[str, str]:
-    pairs = []
-    for key, values in request.query_params.lists():
-        pairs.extend((key, value) for value in values)
-    return validation.arguments(pairs)
+    query = request.META.get("QUERY_STRING", "")
+    return validation.arguments(validation.query_pairs(query))
 
 
 class FaasView(APIView):
@@ -113,22 +118,45 @@ def _accepted(call: FunctionCall) -> Response:
     return Response(body, status=202, headers={"Location": body["status_url"]})
 
 
+_sync_waiters = threading.BoundedSemaphore(max(settings.HPCSERA["MAX_SYNC_WAITERS"], 1))
+
+
 def _sync_answer(call: FunctionCall) -> HttpResponse:
     def finished() -> FunctionCall | None:
         current = FunctionCall.objects.filter(pk=call.pk).first()
         return current if current is not None and current.is_terminal else None
 
-    done = wait_until(
-        call_channel(call.id),
-        finished,
-        settings.HPCSERA["SYNC_WAIT_SECONDS"],
-        # An idle database connection per waiting request would exhaust the
-        # server's connection limit; a waiter reconnects when it wakes.
-        on_long_wait=connection.close,
-    )
+    if settings.HPCSERA["MAX_SYNC_WAITERS"] == 0 or not _sync_waiters.acquire(
+        blocking=False
+    ):
+        # Every waiting slot is taken: the call is queued all the same, and
+        # the client polls its status URL instead of holding a thread.
+        return _accepted(call)
+    try:
+        done = wait_until(
+            call_channel(call.id),
+            finished,
+            settings.HPCSERA["SYNC_WAIT_SECONDS"],
+            # An idle database connection per waiting request would exhaust
+            # the server's connection limit; a waiter reconnects when it wakes.
+            on_long_wait=connection.close,
+        )
+    finally:
+        _sync_waiters.release()
     if done is None:
         return _accepted(call)
     headers = {"X-Hpcsera-Job": str(done.job_id), "X-Hpcsera-Call": str(done.id)}
+    if done.state == CallState.SUCCEEDED and done.stdout_truncated:
+        body = problem(
+            502,
+            "output_truncated",
+            "The output is too large for the gateway",
+            "The function succeeded, but its output was larger than the limit "
+            "and only its beginning was kept; write large results to storage "
+            "and print a reference to them.",
+            **call_summary(done),
+        )
+        return Response(body, status=502, content_type=PROBLEM_JSON, headers=headers)
     if done.state == CallState.SUCCEEDED:
         content_type = "text/plain; charset=utf-8"
         if validation.is_json(done.stdout):
@@ -152,8 +180,10 @@ class JobListView(APIView):
     @extend_schema(responses={200: openapi.JobList, **openapi.errors(400)})
     def get(self, request: Request) -> Response:
         limit = request.query_params.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 200:
-            raise validation.BadInput("limit is a whole number from 1 to 200.")
+        if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= 200:
+            raise validation.BadInput(
+                "limit is a whole number from 1 to 200.", code="invalid_limit"
+            )
         jobs = (
             selectors.jobs_visible(token=request.auth)
             .order_by("-created_at")

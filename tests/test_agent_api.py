@@ -178,3 +178,45 @@ def test_agent_endpoints_need_their_roles(alice_client, alice, make_token, clien
     assert len(_claim(no_report, agent).json()["calls"]) == 1
     assert _report(no_report, agent, call_id, state="running").status_code == 403
     assert FunctionCall.objects.get(id=call_id).state == "leased"
+
+
+def test_output_with_nul_characters_is_kept_not_refused(alice_client):
+    agent = register_agent(alice_client)
+    call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
+    _claim(alice_client, agent)
+    answer = _report(
+        alice_client,
+        agent,
+        call_id,
+        state="succeeded",
+        exit_code=0,
+        stdout="a\x00b",
+        stderr_tail="c\x00",
+    )
+    assert answer.status_code == 200
+    call = FunctionCall.objects.get(id=call_id)
+    assert call.stdout == "a\ufffdb" and call.stderr_tail == "c\ufffd"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"state": "succeeded", "exit_code": 5},
+        {"state": "failed", "exit_code": 2**63},
+        {"state": "failed", "exit_code": 1, "reason": "x" * 3000},
+    ],
+)
+def test_contradictory_or_out_of_range_reports_are_400(alice_client, body):
+    agent = register_agent(alice_client)
+    call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
+    _claim(alice_client, agent)
+    answer = _report(alice_client, agent, call_id, **body)
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_input"
+    assert FunctionCall.objects.get(id=call_id).state == "leased"
+
+
+def test_deeply_nested_json_to_the_agent_api_is_400(alice_client):
+    answer = alice_client.post(
+        "/api/agent/v1/agents", "[" * 5000 + "]" * 5000, content_type="application/json"
+    )
+    assert answer.status_code == 400 and answer.json()["code"] == "malformed_json"

@@ -177,3 +177,37 @@ def test_unknown_urls_answer_with_the_error_body(alice_client):
     answer = alice_client.get("/no/such/thing")
     assert answer.status_code == 404
     assert answer.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["[" * 5000 + "]" * 5000, '{"a": NaN}', '{"a": Infinity}'],
+    ids=["deep", "nan", "infinity"],
+)
+def test_json_that_is_not_strict_json_is_400(alice_client, body):
+    answer = alice_client.post(
+        "/alice/async-function/hello", body, content_type="application/json"
+    )
+    assert answer.status_code == 400 and answer.json()["code"] == "malformed_json"
+    assert not FunctionCall.objects.exists()
+
+
+def test_a_query_string_that_is_not_utf8_is_400(alice_client):
+    answer = alice_client.post("/alice/async-function/hello?name=%ff%fe")
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_argument"
+    assert not FunctionCall.objects.exists()
+
+
+@pytest.mark.parametrize("limit", ["0", "201", "\u0663", "-1", "1e2"])
+def test_a_bad_list_limit_is_400(alice_client, limit):
+    answer = alice_client.get("/api/v1/jobs", {"limit": limit})
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_limit"
+
+
+def test_when_every_wait_slot_is_taken_a_sync_call_answers_202_at_once(
+    alice_client, settings
+):
+    settings.HPCSERA = {**settings.HPCSERA, "MAX_SYNC_WAITERS": 0}
+    answer = alice_client.post("/alice/function/hello")
+    assert answer.status_code == 202
+    assert FunctionCall.objects.get().state == "ready"

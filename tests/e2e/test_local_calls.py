@@ -189,3 +189,28 @@ def test_two_long_polling_claimers_never_receive_the_same_call(
     assert not set(claimed[0]) & set(claimed[1])
     assert sorted(claimed[0] + claimed[1]) == sorted(submitted)
     assert claimed[0] and claimed[1], "both claimers should have won some calls"
+
+
+def test_a_chunked_body_reaches_the_function(api, agent):
+    def chunks():  # noqa: ANN202
+        yield b'{"chunked": '
+        yield b"true}"
+
+    answer = api.post(
+        "/alice/function/echo_input",
+        data=chunks(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {"chunked": True}
+
+
+def test_a_chunked_body_over_the_limit_is_400(api, agent):
+    def chunks():  # noqa: ANN202
+        yield b'{"a": "'
+        for _ in range(17):
+            yield b"x" * 65536
+        yield b'"}'
+
+    answer = api.post("/alice/async-function/echo_input", data=chunks())
+    assert answer.status_code == 400 and answer.json()["code"] == "body_too_large"

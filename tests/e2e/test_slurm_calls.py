@@ -40,9 +40,7 @@ def test_an_async_call_runs_through_sbatch_and_succeeds(api, agent, slurm):
     assert status["output"]["greeting"] == "Hello, Ada"
     job_id = status["batch_job_id"]
     assert job_id and status["output"]["slurm_job"] == job_id
-    name, state, exit_code = sacct(job_id)
-    assert name == f"hpcsera-{status['id']}"
-    assert (state, exit_code) == ("COMPLETED", "0:0")
+    assert sacct(status["id"]) == (job_id, "COMPLETED", "0:0")
 
 
 def test_a_batch_function_exiting_3_ends_failed_with_exit_code_3(api, agent, slurm):
@@ -53,7 +51,7 @@ def test_a_batch_function_exiting_3_ends_failed_with_exit_code_3(api, agent, slu
     assert status["exit_code"] == 3
     assert "exited with code 3" in status["reason"]
     assert "about to fail" in status["stderr_tail"]
-    assert sacct(status["batch_job_id"])[1:] == ("FAILED", "3:0")
+    assert sacct(status["id"]) == (status["batch_job_id"], "FAILED", "3:0")
 
 
 def test_a_sync_srun_call_exiting_3_is_502_with_exit_code_3(api, agent, slurm):
@@ -74,4 +72,4 @@ def test_a_batch_job_over_its_time_limit_ends_failed_saying_so(api, agent, slurm
 
     assert status["state"] == "failed"
     assert "time limit" in status["reason"] and "TIMEOUT" in status["reason"]
-    assert sacct(status["batch_job_id"])[1] == "TIMEOUT"
+    assert sacct(status["id"])[1] == "TIMEOUT"
