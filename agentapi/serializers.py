@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from rest_framework import serializers
 from django.core.validators import ProhibitNullCharactersValidator
+from rest_framework import serializers
 
 from hpcsera.errors import BadInput
 from jobs import validation

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl
 from collections.abc import Iterable
+from urllib.parse import parse_qsl
 
 from django.conf import settings
 

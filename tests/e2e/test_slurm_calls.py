@@ -4,23 +4,48 @@ sbatch for async ones, followed with sacct until they end."""
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 
-def sacct(job_id: str) -> tuple[str, str, str]:
+def sacct(call_id: str) -> tuple[str, str, str]:
+    """The scheduler's own record of the job the agent submitted for a call.
+
+    Accounting lags the controller by a moment, so an empty answer is asked
+    again for a few seconds.
+    """
+    for _ in range(50):
+        rows = _sacct_rows(call_id)
+        if rows:
+            break
+        time.sleep(0.2)
+    assert len(rows) == 1, f"expected one batch job for call {call_id}: {rows}"
+    job_id, state, exit_code = rows[0].split("|")
+    return job_id, state, exit_code
+
+
+def _sacct_rows(call_id: str) -> list[str]:
     done = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobName,State,ExitCode"],
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            f"--name=hpcsera-{call_id}",
+            "-S",
+            "now-1days",
+            "-o",
+            "JobID,State,ExitCode",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     )
-    # After a cluster reset job ids repeat; sacct lists the newest last.
-    name, state, exit_code = done.stdout.strip().splitlines()[-1].split("|")
-    return name, state, exit_code
+    return done.stdout.strip().splitlines()
 
 
 def test_a_sync_call_runs_through_srun(api, agent, slurm):
