@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "tokens",
     "jobs",
     "agentapi",
+    "consent",
     "web",
 ]
 
@@ -112,6 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL;",
     }
+    # A file, not the in-memory default: tests with threads need SQLite's
+    # locking and busy timeout, which shared-cache memory databases lack.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -164,6 +168,24 @@ HPCSERA = {
     "MAX_OUTPUT_BYTES": env.integer("HPCSERA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=1),
     "MAX_TAIL_CHARS": env.integer("HPCSERA_MAX_TAIL_CHARS", 8192, minimum=1),
     # Upper bound of a token's lifetime when `issue_token` is not told one.
+    # The decoupled login: how long a request waits for the user, how often a
+    # client may poll, and the limits against flooding a user with requests.
+    "AUTH_REQUEST_SECONDS": env.integer(
+        "HPCSERA_AUTH_REQUEST_SECONDS", 300, minimum=10
+    ),
+    "POLL_INTERVAL_SECONDS": env.integer("HPCSERA_POLL_INTERVAL_SECONDS", 5, minimum=1),
+    "MAX_PENDING_PER_CLIENT": env.integer(
+        "HPCSERA_MAX_PENDING_PER_CLIENT", 3, minimum=1
+    ),
+    "MAX_REQUESTS_PER_USER_HOUR": env.integer(
+        "HPCSERA_MAX_REQUESTS_PER_USER_HOUR", 30, minimum=1
+    ),
+    "MAX_REQUESTS_PER_CLIENT_HOUR": env.integer(
+        "HPCSERA_MAX_REQUESTS_PER_CLIENT_HOUR", 10, minimum=1
+    ),
+    # This server's issuer URL: the only audience client assertions may name.
+    # Empty: taken from each request's scheme and host (development only).
+    "ISSUER": env.string("HPCSERA_ISSUER", "").rstrip("/"),
     "TOKEN_DEFAULT_LIFETIME_SECONDS": env.integer(
         "HPCSERA_TOKEN_DEFAULT_LIFETIME_SECONDS", 30 * 24 * 3600, minimum=60
     ),
@@ -219,6 +241,14 @@ if OIDC_ENABLED:
 LOGIN_URL = "/ui/login"
 LOGIN_REDIRECT_URL = "/ui/tokens"
 LOGOUT_REDIRECT_URL = "/ui/login"
+
+if PRODUCTION and not HPCSERA["ISSUER"]:
+    raise ImproperlyConfigured("HPCSERA_ISSUER (this server's public URL) is required")
+
+# Mail for notifications (token requests); without a host, none is sent.
+EMAIL_HOST = env.string("EMAIL_HOST", "")
+EMAIL_PORT = env.integer("EMAIL_PORT", 25)
+DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "hpcsera@localhost")
 
 # Agents report up to MAX_OUTPUT_BYTES of output; JSON escaping can grow it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * HPCSERA["MAX_OUTPUT_BYTES"] + 64 * 1024

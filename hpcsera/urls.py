@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from consent import views as consent_views
 from jobs.urls import api_urlpatterns, faas_urlpatterns
 
 PUBLIC = {"permission_classes": [AllowAny], "authentication_classes": []}
@@ -28,6 +29,12 @@ urlpatterns = [
         name="docs",
     ),
     path("api/v1/", include(api_urlpatterns)),
+    path("oauth/", include("consent.urls")),
+    path(
+        ".well-known/oauth-authorization-server",
+        consent_views.metadata,
+        name="oauth-metadata",
+    ),
     path("api/agent/v1/", include("agentapi.urls")),
     *(
         [path("oidc/", include("mozilla_django_oidc.urls"))]

@@ -185,3 +185,39 @@ def test_expired_and_revoked_tokens_get_401_and_change_nothing(
         assert answer.status_code == 401, f"{method} {path}"
         assert answer.json()["code"] == code
         assert snapshot() == before
+
+
+# Endpoints that do not take API tokens, each with the reason; anything else in
+# the URL configuration must be an API view with declared roles.
+NOT_TOKEN_ENDPOINTS = {
+    "": "redirect to the web UI",
+    "admin/": "Django admin: operators' password login",
+    "healthz": "liveness probe, reveals nothing",
+    "ui/": "web UI: session login through OIDC",
+    "oidc/": "the OIDC login itself",
+    "oauth/": "decoupled login: client assertions (tests/test_consent.py)",
+    ".well-known/oauth-authorization-server": "public metadata",
+    "api/schema": "public API description",
+    "api/docs/": "public API viewer",
+}
+
+
+def test_every_endpoint_either_declares_roles_or_is_a_known_exception():
+    covered = {route for route, _, _ in api_routes()}
+    stray = []
+
+    def walk(patterns, prefix: str = "") -> None:  # noqa: ANN001
+        for entry in patterns:
+            route = prefix + str(entry.pattern)
+            if (
+                any(route.startswith(p) for p in NOT_TOKEN_ENDPOINTS if p)
+                or route == ""
+            ):
+                continue
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, route)
+            elif route not in covered:
+                stray.append(route)
+
+    walk(get_resolver().url_patterns)
+    assert stray == [], f"endpoints neither in the matrix nor excused: {stray}"

@@ -23,6 +23,14 @@ class Token(models.Model):
     expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # Set when a registered client obtained the token by the user's approval.
+    client = models.ForeignKey(
+        "consent.Client",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tokens",
+    )
 
     def __str__(self) -> str:
         return f"{self.prefix} ({self.user}, {self.tag})"
@@ -49,6 +57,10 @@ class SecurityEvent(models.Model):
         TOKEN_CREATED = "token_created", "Token created"  # noqa: S105 - an event
         TOKEN_REVOKED = "token_revoked", "Token revoked"  # noqa: S105 - an event
         AGENT_REGISTERED = "agent_registered", "Agent registered"
+        CLIENT_REGISTERED = "client_registered", "Client registered"
+        CLIENT_REVOKED = "client_revoked", "Client revoked"
+        GRANT_APPROVED = "grant_approved", "Token request approved"
+        GRANT_DENIED = "grant_denied", "Token request denied"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -102,17 +102,24 @@ def token_issue(
     return IssuedToken(token=token, secret=raw)
 
 
-def token_authenticate(raw: str) -> Token:
-    """The live token for `raw`, or NotAuthenticated saying why not."""
+def token_find(raw: str) -> Token | None:
+    """The token row for `raw` whatever its state, or None (constant-time check)."""
     prefix = _prefix_of(raw)
     token = (
         Token.objects.select_related("user").filter(prefix=prefix).first()
         if prefix
         else None
     )
-    # Compare even when no row matched, so timing does not tell the two apart.
     expected = token.digest if token else _digest("")
     if not hmac.compare_digest(expected, _digest(raw)) or token is None:
+        return None
+    return token
+
+
+def token_authenticate(raw: str) -> Token:
+    """The live token for `raw`, or NotAuthenticated saying why not."""
+    token = token_find(raw)
+    if token is None:
         raise NotAuthenticated("The token is not valid.", code="invalid_token")
     if token.is_revoked:
         raise NotAuthenticated("The token was revoked.", code="token_revoked")

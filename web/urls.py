@@ -1,6 +1,7 @@
 from django.urls import path
 from mozilla_django_oidc.views import OIDCLogoutView
 
+from consent import ui as consent_ui
 from web import views
 
 urlpatterns = [
@@ -16,4 +17,13 @@ urlpatterns = [
     path("agents", views.agents, name="ui-agents"),
     path("audit", views.audit, name="ui-audit"),
     path("api-tag", views.api_tag, name="ui-api-tag"),
+    path("clients", consent_ui.clients, name="ui-clients"),
+    path(
+        "clients/<str:client_id>/revoke",
+        consent_ui.client_revoke_view,
+        name="ui-client-revoke",
+    ),
+    path("requests", consent_ui.inbox, name="ui-inbox"),
+    path("requests/count", consent_ui.inbox_count, name="ui-inbox-count"),
+    path("requests/<str:request_id>/decide", consent_ui.decide, name="ui-decide"),
 ]
