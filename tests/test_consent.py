@@ -23,6 +23,7 @@ from tokens.models import Token
 pytestmark = pytest.mark.django_db
 ISSUER = "http://testserver"
 CIBA = "urn:openid:params:grant-type:ciba"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def public_pem(key) -> str:  # noqa: ANN001
@@ -90,7 +91,7 @@ class Flow:
 
     def auth(self, **extra) -> dict:  # noqa: ANN003
         return {
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion_type": JWT_BEARER,
             "client_assertion": assertion(self.client_id, self.key),
             **extra,
         }
@@ -260,7 +261,7 @@ def test_bad_assertions_are_refused(flow, change, message):
         flow.http,
         "/oauth/bc-authorize",
         {
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion_type": JWT_BEARER,
             "client_assertion": forged,
             "login_hint": "alice",
             "scope": "POST_Job",
@@ -348,7 +349,7 @@ def test_ec_and_rsa_clients_work_too(web, make):
     created = web.post("/ui/clients", {"name": alg, "public_key": public_pem(key)})
     client_id = created.context["created"].client_id
     data = {
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion_type": JWT_BEARER,
         "client_assertion": assertion(client_id, key, alg=alg),
         "login_hint": "alice",
         "scope": "POST_Job",
