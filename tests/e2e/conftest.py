@@ -119,3 +119,53 @@ class Api:
 @pytest.fixture(scope="session")
 def api(server, alice_tokens) -> Api:  # noqa: ANN001
     return Api(server.url, alice_tokens["client"])
+
+
+CHROMIUM = os.environ.get("HPCSERA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ALICE = ("alice", "correct-horse-alice")
+
+
+@pytest.fixture(scope="session")
+def sso(tmp_path_factory):  # noqa: ANN001, ANN201
+    tmp = tmp_path_factory.mktemp("sso")
+    port = harness.free_port()
+    provider = harness.start_provider(
+        tmp, f"http://127.0.0.1:{port}/oidc/callback/", [":".join(ALICE)]
+    )
+    server = harness.start_server(tmp, port=port, **provider.rp_settings())
+    yield server, provider
+    server.stop()
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def page(tmp_path_factory):  # noqa: ANN001, ANN201
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is needed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        context = browser.new_context()
+        yield context.new_page()
+        browser.close()
+
+
+def log_in(page, server) -> None:  # noqa: ANN001
+    page.goto(server.url + "/ui/")
+    page.click("#sso-login")
+    page.fill("input[name=username]", ALICE[0])
+    page.fill("input[name=password]", ALICE[1])
+    page.click("#op-login")
+    page.wait_for_url(server.url + "/ui/tokens")
