@@ -125,6 +125,7 @@ def calls_claim(
     queue = (
         FunctionCall.objects.filter(
             state=CallState.READY,
+            virtual=False,
             user_id=agent.user_id,
             tag=agent.tag,
             function__in=Function.objects.filter(agent=agent).values("name"),
@@ -179,9 +180,15 @@ def call_report(
         changes["lease_expires_at"] = None
         # A call that never reported running started when it was leased.
         changes["started_at"] = Coalesce(F("started_at"), F("leased_at"))
-    moved = FunctionCall.objects.filter(
-        id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
-    ).update(state=state, **changes)
+    with transaction.atomic():
+        moved = FunctionCall.objects.filter(
+            id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
+        ).update(state=state, **changes)
+        if moved and state in TERMINAL_STATES:
+            # Imported here: the DAG module builds on this one.
+            from jobs.dag import call_ended
+
+            call_ended(FunctionCall.objects.get(id=call_id))
     call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
     if call is None:
         raise NotFound("No such call leased to this agent.")
