@@ -280,3 +280,93 @@ def call_ended(call: FunctionCall) -> None:
     call it inside the transaction whose conditional UPDATE ended `call`."""
     if call.state in TERMINAL_STATES:
         resolve([(call.id, call.state, call.name)])
+
+
+USER_CANCELLED = "cancelled by the user"
+
+
+def job_cancel(*, token: Token, job_id: Any) -> Job:
+    """Cancel every call of a job that has not ended.
+
+    Calls an agent holds end cancelled at once but stay open (finished_at
+    unset) until the agent confirms that it stopped them; the agent learns of
+    them in its next claim answer.
+    """
+    job = selectors.job_get(token=token, job_id=job_id)
+    now = timezone.now()
+    held_by_agents = False
+    with transaction.atomic():
+        calls = job.calls.filter(state__in=ALLOWED_FROM[CallState.CANCELLED])
+        for call in calls.only("id", "name", "state"):
+            at_agent = call.state in (CallState.LEASED, CallState.RUNNING)
+            if FunctionCall.objects.filter(id=call.id, state=call.state).update(
+                state=CallState.CANCELLED,
+                reason=USER_CANCELLED,
+                finished_at=None if at_agent else now,
+                # Kept for calls at an agent: it marks them not yet announced.
+                lease_expires_at=F("lease_expires_at") if at_agent else None,
+            ):
+                held_by_agents |= at_agent
+                resolve([(call.id, CallState.CANCELLED, call.name)])
+                _publish_call(call.id)
+        if held_by_agents:
+            _publish_work(job.user_id, job.tag)
+    logger.info("%s cancelled", job.id)
+    return job
+
+
+def calls_to_stop(*, agent_id: Any) -> list[FunctionCall]:
+    """Calls cancelled while this agent held them, not yet confirmed stopped."""
+    return list(
+        FunctionCall.objects.filter(
+            agent_id=agent_id, state=CallState.CANCELLED, finished_at__isnull=True
+        ).only("id", "batch_job_id")
+    )
+
+
+def calls_announce_stop(*, agent_id: Any) -> int:
+    """Mark this agent's newly cancelled calls announced; how many there were.
+
+    Only new cancellations end an agent's long-poll early. An agent that
+    ignores the list is told again in every answer, but is not woken in a loop.
+    """
+    return FunctionCall.objects.filter(
+        agent_id=agent_id,
+        state=CallState.CANCELLED,
+        finished_at__isnull=True,
+        lease_expires_at__isnull=False,
+    ).update(lease_expires_at=None)
+
+
+def call_update(
+    *, token: Token, call_id: Any, held: bool | None, args: dict[str, str] | None
+) -> FunctionCall:
+    """Hold, release or change the arguments of a call no agent has taken."""
+    call = selectors.call_get(token=token, call_id=call_id)
+    open_states = [CallState.PENDING, CallState.READY]
+    with transaction.atomic():
+        mine = FunctionCall.objects.filter(id=call.id, state__in=open_states)
+        changed = 1
+        if args is not None:
+            changed = mine.update(args=args)
+        if held is True and changed:
+            # A ready call goes back to pending; the state condition keeps an
+            # agent's claim and the hold from both winning.
+            changed = mine.update(held=True, state=CallState.PENDING)
+        if held is False and changed:
+            changed = mine.update(held=False)
+            if (
+                mine.filter(open_deps=0, state=CallState.PENDING).update(
+                    state=CallState.READY
+                )
+                and not call.virtual
+            ):
+                _publish_work(call.user_id, call.tag)
+        if not changed:
+            call.refresh_from_db()
+            raise Conflict(
+                f"The call is {call.state}; only pending or ready calls change.",
+                code="invalid_transition",
+                state=call.state,
+            )
+    return FunctionCall.objects.select_related("agent").get(pk=call.pk)

@@ -84,6 +84,7 @@ TERMINAL_STATES = frozenset(
 # a cancellation, two agents claiming) cannot both win. Virtual calls, which no
 # agent holds, end from ready by VIRTUAL_FINISH_FROM instead.
 ALLOWED_FROM = {
+    CallState.PENDING: {CallState.READY},  # held before an agent took it
     CallState.READY: {CallState.PENDING, CallState.LEASED},
     CallState.LEASED: {CallState.READY},
     CallState.RUNNING: {CallState.LEASED},

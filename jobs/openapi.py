@@ -116,8 +116,14 @@ class Lease(serializers.Serializer):
     lease_expires_at = serializers.DateTimeField()
 
 
+class Stop(serializers.Serializer):
+    id = serializers.UUIDField()
+    batch_job_id = serializers.CharField(allow_null=True)
+
+
 class Leases(serializers.Serializer):
     calls = Lease(many=True)
+    cancel = Stop(many=True, help_text="calls to stop: they were cancelled")
 
 
 class Registered(serializers.Serializer):

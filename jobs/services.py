@@ -195,6 +195,8 @@ def call_report(
     if moved:
         hub().publish(call_channel(call.id))
         logger.debug("%s %s by agent %s", call.id, state, agent.id)
+    if not moved and state in TERMINAL_STATES and _confirm_cancel(call, fields):
+        return call
     if not moved and call.state != state:
         raise Conflict(
             f"The call is {call.state}; it cannot become {state}.",
@@ -202,3 +204,21 @@ def call_report(
             state=call.state,
         )
     return call
+
+
+def _confirm_cancel(call: FunctionCall, fields: dict[str, Any]) -> bool:
+    """Record how a call cancelled while an agent held it really ended.
+
+    The agent's final report (what the process or the batch system said)
+    lands on the cancelled call once; the call stays cancelled.
+    """
+    if call.state != CallState.CANCELLED or call.finished_at is not None:
+        return False
+    details = {k: v for k, v in fields.items() if k != "reason"}
+    if fields.get("reason"):
+        details["reason"] = f"{call.reason}; {fields['reason']}"
+    FunctionCall.objects.filter(
+        id=call.id, state=CallState.CANCELLED, finished_at__isnull=True
+    ).update(finished_at=timezone.now(), **details)
+    call.refresh_from_db()
+    return True

@@ -273,7 +273,7 @@ class CallFinishView(APIView):
 
 
 class JobDetailView(APIView):
-    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+    required_roles = {"GET": {roles.GET_JOB_STATUS}, "DELETE": {roles.DELETE_JOB}}
 
     @extend_schema(
         operation_id="job_detail",
@@ -283,11 +283,42 @@ class JobDetailView(APIView):
         job = selectors.job_get(token=request.auth, job_id=job_id)
         return Response(job_answer(job))
 
+    @extend_schema(
+        operation_id="job_cancel",
+        summary="Cancel a job",
+        description=(
+            "Calls not yet taken end cancelled; calls an agent holds end "
+            "cancelled too, and the agent stops their processes or batch jobs "
+            "and reports how they ended."
+        ),
+        responses={200: openapi.JobDetail, **openapi.errors(404)},
+    )
+    def delete(self, request: Request, job_id: str) -> Response:
+        job = dag.job_cancel(token=request.auth, job_id=job_id)
+        return Response(job_answer(job))
+
 
 class CallDetailView(APIView):
-    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+    required_roles = {"GET": {roles.GET_JOB_STATUS}, "PATCH": {roles.UPDATE_JOB}}
 
     @extend_schema(responses={200: openapi.CallDetail, **openapi.errors(404)})
     def get(self, request: Request, call_id: str) -> Response:
         call = selectors.call_get(token=request.auth, call_id=call_id)
+        return Response(call_detail(call))
+
+    @extend_schema(
+        summary="Hold, release or change the arguments of a call",
+        request=serializers.CallChange,
+        responses={200: openapi.CallDetail, **openapi.errors(400, 404, 409)},
+    )
+    def patch(self, request: Request, call_id: str) -> Response:
+        call = selectors.call_get(token=request.auth, call_id=call_id)
+        data = serializers.CallChange(data=request.data)
+        data.is_valid(raise_exception=True)
+        call = dag.call_update(
+            token=request.auth,
+            call_id=call.id,
+            held=data.validated_data.get("held"),
+            args=data.validated_data.get("args"),
+        )
         return Response(call_detail(call))
