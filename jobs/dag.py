@@ -35,6 +35,11 @@ from tokens.models import Token
 
 logger = logging.getLogger(__name__)
 
+# TODO: callbacks (a job's or an async call's callback URL, POSTed signed by a
+# Celery worker, retried from database rows, SSRF-guarded) and handing chains
+# of batch calls to Slurm with afterok are not built yet: they were scheduled
+# after this module and did not fit the first iteration.
+
 
 def job_submit(*, token: Token, spec: documents.JobSpec) -> Job:
     """Create a job with all its calls and edges; committed on return."""

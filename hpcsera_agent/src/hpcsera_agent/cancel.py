@@ -17,6 +17,10 @@ from hpcsera_agent import runners
 
 logger = logging.getLogger(__name__)
 
+# TODO: the agent learns of cancellations only from claim answers, and it does
+# not claim while every slot is busy, so a fully busy agent stops cancelled
+# calls only when a slot frees up; a heartbeat that carries the list would not.
+
 COMMAND_TIMEOUT = 60
 
 
