@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from agentapi import serializers
 from hpcsera.notify import wait_until
 from jobs import openapi, selectors
+from jobs.dag import calls_announce_stop, calls_to_stop
 from jobs.models import FunctionCall
 from jobs.services import agent_register, call_report, calls_claim, work_channel
 from tokens import roles
@@ -77,13 +78,30 @@ class AgentClaimView(APIView):
                 lease_seconds=lease_seconds,
             )
 
-        calls = wait_until(
+        def claim_or_announce() -> tuple[list[FunctionCall], int] | None:
+            announced = calls_announce_stop(agent_id=agent.id)
+            calls = claim()
+            return (calls, announced) if calls or announced else None
+
+        found = wait_until(
             work_channel(agent.user_id, agent.tag),
-            claim,
+            claim_or_announce,
             data.validated_data["wait"],
             on_long_wait=connection.close,
         )
-        return Response({"calls": [_lease(c) for c in calls or []]})
+        calls = found[0] if found else []
+        stop = calls_to_stop(agent_id=agent.id)
+        return Response(
+            {
+                "calls": [_lease(c) for c in calls],
+                # Calls cancelled while this agent holds them: stop them and
+                # report how they ended.
+                "cancel": [
+                    {"id": str(c.id), "batch_job_id": c.batch_job_id or None}
+                    for c in stop
+                ],
+            }
+        )
 
 
 class AgentReportView(APIView):

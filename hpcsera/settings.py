@@ -140,7 +140,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["tokens.auth.RolePermission"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "hpcsera.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "hpcsera.schema.RoleAutoSchema",
     "DEFAULT_PARSER_CLASSES": ["hpcsera.parsers.StrictJSONParser"],
@@ -167,6 +167,7 @@ HPCSERA = {
     "MAX_ARGS": env.integer("HPCSERA_MAX_ARGS", 64, minimum=1),
     "MAX_OUTPUT_BYTES": env.integer("HPCSERA_MAX_OUTPUT_BYTES", 1024 * 1024, minimum=1),
     "MAX_TAIL_CHARS": env.integer("HPCSERA_MAX_TAIL_CHARS", 8192, minimum=1),
+    "MAX_JOB_CALLS": env.integer("HPCSERA_MAX_JOB_CALLS", 1000, minimum=1),
     # Upper bound of a token's lifetime when `issue_token` is not told one.
     # The decoupled login: how long a request waits for the user, how often a
     # client may poll, and the limits against flooding a user with requests.

@@ -81,8 +81,10 @@ TERMINAL_STATES = frozenset(
 
 # The states a call may move to each state from. Every state change is a
 # conditional UPDATE on this set, so two writers racing (an agent's report and
-# a cancellation, two agents claiming) cannot both win.
+# a cancellation, two agents claiming) cannot both win. Virtual calls, which no
+# agent holds, end from ready by VIRTUAL_FINISH_FROM instead.
 ALLOWED_FROM = {
+    CallState.PENDING: {CallState.READY},  # held before an agent took it
     CallState.READY: {CallState.PENDING, CallState.LEASED},
     CallState.LEASED: {CallState.READY},
     CallState.RUNNING: {CallState.LEASED},
@@ -101,6 +103,7 @@ ALLOWED_FROM = {
     },
     CallState.LOST: {CallState.LEASED, CallState.RUNNING},
 }
+VIRTUAL_FINISH_FROM = {CallState.READY}
 
 
 class FunctionCall(models.Model):
@@ -115,6 +118,8 @@ class FunctionCall(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
     )
     tag = models.CharField(max_length=63)
+    # Unique inside its job when set; job documents name their calls.
+    name = models.CharField(max_length=64, blank=True)
     function = models.CharField(max_length=64)
     mode = models.CharField(max_length=5, choices=Mode.choices)
     site = models.CharField(max_length=64, blank=True)
@@ -122,6 +127,13 @@ class FunctionCall(models.Model):
     # The JSON body exactly as received; neither server nor agent interprets it.
     input = models.TextField(null=True, blank=True)
     time_limit_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # A virtual call is never claimed: a REST call finishes it, or its deadline.
+    virtual = models.BooleanField(default=False)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # A held call stays pending when its dependencies are done.
+    held = models.BooleanField(default=False)
+    # Dependencies not yet succeeded; a pending call at 0 and not held is ready.
+    open_deps = models.PositiveIntegerField(default=0)
 
     state = models.CharField(
         max_length=10, choices=CallState.choices, default=CallState.READY
@@ -151,8 +163,38 @@ class FunctionCall(models.Model):
                 name="call_ready_queue",
                 condition=models.Q(state="ready"),
             ),
+            models.Index(
+                fields=["deadline_at"],
+                name="call_virtual_deadline",
+                condition=models.Q(virtual=True, state__in=["pending", "ready"]),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job", "name"],
+                name="call_unique_name",
+                condition=~models.Q(name=""),
+            )
         ]
 
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class CallEdge(models.Model):
+    """`downstream` runs only after `upstream` succeeded; both in one job."""
+
+    upstream = models.ForeignKey(
+        FunctionCall, on_delete=models.CASCADE, related_name="downstream_edges"
+    )
+    downstream = models.ForeignKey(
+        FunctionCall, on_delete=models.CASCADE, related_name="upstream_edges"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["upstream", "downstream"], name="edge_unique"
+            )
+        ]

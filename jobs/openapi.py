@@ -34,6 +34,7 @@ class CallSummary(serializers.Serializer):
 class CallDetail(serializers.Serializer):
     id = serializers.UUIDField()
     job_id = serializers.UUIDField()
+    name = serializers.CharField(allow_null=True, help_text="unique in its job")
     function = serializers.CharField()
     mode = serializers.ChoiceField(choices=["sync", "async"])
     site = serializers.CharField(allow_null=True)
@@ -41,6 +42,12 @@ class CallDetail(serializers.Serializer):
     args = serializers.DictField(child=serializers.CharField())
     has_input = serializers.BooleanField()
     time_limit_seconds = serializers.IntegerField(allow_null=True)
+    after = serializers.ListField(
+        child=serializers.CharField(), help_text="names of the calls it runs after"
+    )
+    virtual = serializers.BooleanField()
+    deadline_at = serializers.DateTimeField(allow_null=True)
+    held = serializers.BooleanField()
     state = serializers.CharField()
     terminal = serializers.BooleanField()
     reason = serializers.CharField()
@@ -71,6 +78,33 @@ class JobList(serializers.Serializer):
     jobs = JobDetail(many=True)
 
 
+class VirtualSpec(serializers.Serializer):
+    deadline_seconds = serializers.IntegerField(min_value=1)
+
+
+class CallSpec(serializers.Serializer):
+    name = serializers.CharField(required=False, help_text="default: the function")
+    function = serializers.CharField(required=False, help_text="not for virtual calls")
+    after = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="default: the call listed before; [] starts at once",
+    )
+    args = serializers.DictField(child=serializers.CharField(), required=False)
+    input = serializers.JSONField(required=False)
+    site = serializers.CharField(required=False)
+    time_limit = serializers.IntegerField(required=False, help_text="seconds")
+    virtual = VirtualSpec(required=False)
+
+
+class CallsDocument(serializers.Serializer):
+    calls = CallSpec(many=True)
+
+
+class JobDocument(CallsDocument):
+    name = serializers.CharField(required=False)
+
+
 class Lease(serializers.Serializer):
     id = serializers.UUIDField()
     job_id = serializers.UUIDField()
@@ -82,8 +116,14 @@ class Lease(serializers.Serializer):
     lease_expires_at = serializers.DateTimeField()
 
 
+class Stop(serializers.Serializer):
+    id = serializers.UUIDField()
+    batch_job_id = serializers.CharField(allow_null=True)
+
+
 class Leases(serializers.Serializer):
     calls = Lease(many=True)
+    cancel = Stop(many=True, help_text="calls to stop: they were cancelled")
 
 
 class Registered(serializers.Serializer):

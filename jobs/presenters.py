@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from django.urls import reverse
 
 from hpcsera.parsers import strict_loads
-from jobs.models import TERMINAL_STATES, CallState, FunctionCall, Job
+from jobs.models import TERMINAL_STATES, CallEdge, CallState, FunctionCall, Job
 
 
 def call_result(call: FunctionCall) -> Any:
@@ -39,7 +41,20 @@ def call_summary(call: FunctionCall) -> dict[str, Any]:
     }
 
 
-def call_detail(call: FunctionCall) -> dict[str, Any]:
+def after_names(call_ids: Iterable[Any]) -> dict[Any, list[str]]:
+    """The names of the calls each of `call_ids` runs after, in one query."""
+    found: dict[Any, list[str]] = defaultdict(list)
+    edges = CallEdge.objects.filter(downstream_id__in=list(call_ids))
+    for downstream, name in edges.values_list("downstream_id", "upstream__name"):
+        found[downstream].append(name)
+    return found
+
+
+def call_detail(
+    call: FunctionCall, after: dict[Any, list[str]] | None = None
+) -> dict[str, Any]:
+    if after is None:
+        after = after_names([call.id])
     output = call_result(call) if call.state == CallState.SUCCEEDED else None
     duration = None
     if call.started_at and call.finished_at:
@@ -47,6 +62,7 @@ def call_detail(call: FunctionCall) -> dict[str, Any]:
     return {
         "id": str(call.id),
         "job_id": str(call.job_id),
+        "name": call.name or None,
         "function": call.function,
         "mode": call.mode,
         "site": call.site or None,
@@ -54,6 +70,10 @@ def call_detail(call: FunctionCall) -> dict[str, Any]:
         "args": call.args,
         "has_input": call.input is not None,
         "time_limit_seconds": call.time_limit_seconds,
+        "after": sorted(after.get(call.id, [])),
+        "virtual": call.virtual,
+        "deadline_at": _iso(call.deadline_at),
+        "held": call.held,
         "state": call.state,
         "terminal": call.state in TERMINAL_STATES,
         "reason": call.reason,
@@ -90,13 +110,24 @@ def job_state(states: list[str]) -> str:
     return CallState.PENDING
 
 
-def job_detail(job: Job, calls: list[FunctionCall]) -> dict[str, Any]:
+def job_detail(
+    job: Job,
+    calls: list[FunctionCall],
+    after: dict[Any, list[str]] | None = None,
+) -> dict[str, Any]:
+    if after is None:
+        after = after_names(c.id for c in calls)
     return {
         "id": str(job.id),
         "name": job.name,
         "tag": job.tag,
         "state": job_state([c.state for c in calls]),
         "created_at": _iso(job.created_at),
-        "calls": [call_detail(c) for c in calls],
+        "calls": [call_detail(c, after) for c in calls],
         "url": reverse("job-detail", args=[job.id]),
     }
+
+
+def job_answer(job: Job) -> dict[str, Any]:
+    calls = list(job.calls.select_related("agent").order_by("created_at", "id"))
+    return job_detail(job, calls)

@@ -125,6 +125,7 @@ def calls_claim(
     queue = (
         FunctionCall.objects.filter(
             state=CallState.READY,
+            virtual=False,
             user_id=agent.user_id,
             tag=agent.tag,
             function__in=Function.objects.filter(agent=agent).values("name"),
@@ -179,15 +180,23 @@ def call_report(
         changes["lease_expires_at"] = None
         # A call that never reported running started when it was leased.
         changes["started_at"] = Coalesce(F("started_at"), F("leased_at"))
-    moved = FunctionCall.objects.filter(
-        id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
-    ).update(state=state, **changes)
+    with transaction.atomic():
+        moved = FunctionCall.objects.filter(
+            id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
+        ).update(state=state, **changes)
+        if moved and state in TERMINAL_STATES:
+            # Imported here: the DAG module builds on this one.
+            from jobs.dag import call_ended
+
+            call_ended(FunctionCall.objects.get(id=call_id))
     call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
     if call is None:
         raise NotFound("No such call leased to this agent.")
     if moved:
         hub().publish(call_channel(call.id))
         logger.debug("%s %s by agent %s", call.id, state, agent.id)
+    if not moved and state in TERMINAL_STATES and _confirm_cancel(call, fields):
+        return call
     if not moved and call.state != state:
         raise Conflict(
             f"The call is {call.state}; it cannot become {state}.",
@@ -195,3 +204,21 @@ def call_report(
             state=call.state,
         )
     return call
+
+
+def _confirm_cancel(call: FunctionCall, fields: dict[str, Any]) -> bool:
+    """Record how a call cancelled while an agent held it really ended.
+
+    The agent's final report (what the process or the batch system said)
+    lands on the cancelled call once; the call stays cancelled.
+    """
+    if call.state != CallState.CANCELLED or call.finished_at is not None:
+        return False
+    details = {k: v for k, v in fields.items() if k != "reason"}
+    if fields.get("reason"):
+        details["reason"] = f"{call.reason}; {fields['reason']}"
+    FunctionCall.objects.filter(
+        id=call.id, state=CallState.CANCELLED, finished_at__isnull=True
+    ).update(finished_at=timezone.now(), **details)
+    call.refresh_from_db()
+    return True

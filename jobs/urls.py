@@ -5,7 +5,13 @@ from jobs import views
 api_urlpatterns = [
     path("jobs", views.JobListView.as_view(), name="job-list"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
+    path("jobs/<str:job_id>/calls", views.JobCallsView.as_view(), name="job-calls"),
     path("calls/<str:call_id>", views.CallDetailView.as_view(), name="call-detail"),
+    path(
+        "calls/<str:call_id>/finish",
+        views.CallFinishView.as_view(),
+        name="call-finish",
+    ),
 ]
 
 faas_urlpatterns = [

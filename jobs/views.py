@@ -13,9 +13,15 @@ from rest_framework.views import APIView
 
 from hpcsera.errors import PROBLEM_JSON, NotFound, problem
 from hpcsera.notify import wait_until
-from jobs import openapi, selectors, validation
+from jobs import dag, documents, openapi, selectors, serializers, validation
 from jobs.models import CallState, FunctionCall
-from jobs.presenters import call_detail, call_summary, job_detail
+from jobs.presenters import (
+    after_names,
+    call_detail,
+    call_summary,
+    job_answer,
+    job_detail,
+)
 from jobs.services import call_channel, faas_submit
 from tokens import roles
 
@@ -174,8 +180,14 @@ def _sync_answer(call: FunctionCall) -> HttpResponse:
     return Response(body, status=502, content_type=PROBLEM_JSON, headers=headers)
 
 
+def _document(request: Request) -> object:
+    """The request's body as a JSON or YAML document, size-capped."""
+    content_type = request.META.get("CONTENT_TYPE", "")
+    return documents.load(_read_body(request), content_type)
+
+
 class JobListView(APIView):
-    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+    required_roles = {"GET": {roles.GET_JOB_STATUS}, "POST": {roles.POST_JOB}}
 
     @extend_schema(responses={200: openapi.JobList, **openapi.errors(400)})
     def get(self, request: Request) -> Response:
@@ -189,13 +201,79 @@ class JobListView(APIView):
             .order_by("-created_at")
             .prefetch_related("calls__agent")[: int(limit)]
         )
+        jobs = list(jobs)
+        after = after_names(c.id for job in jobs for c in job.calls.all())
         return Response(
-            {"jobs": [job_detail(job, list(job.calls.all())) for job in jobs]}
+            {"jobs": [job_detail(job, list(job.calls.all()), after) for job in jobs]}
         )
+
+    @extend_schema(
+        operation_id="job_submit",
+        summary="Submit a job document",
+        description=(
+            "A job and its calls in one request, as JSON or as YAML (Content-Type "
+            "application/yaml). Calls run in the listed order unless they name "
+            "the calls they run `after`; independent calls run concurrently."
+        ),
+        request={"application/json": openapi.JobDocument},
+        responses={201: openapi.JobDetail, **openapi.errors(400)},
+    )
+    def post(self, request: Request) -> Response:
+        spec = documents.job_spec(_document(request))
+        job = dag.job_submit(token=request.auth, spec=spec)
+        body = job_answer(job)
+        return Response(body, status=201, headers={"Location": body["url"]})
+
+
+class JobCallsView(APIView):
+    required_roles = {"POST": {roles.UPDATE_JOB}}
+
+    @extend_schema(
+        summary="Add calls to a job",
+        description=(
+            "Calls as in a job document; `after` may name calls the job "
+            "already has. Without `after`, the first added call starts at once "
+            "and each further one runs after the one listed before it."
+        ),
+        request={"application/json": openapi.CallsDocument},
+        responses={201: openapi.JobDetail, **openapi.errors(400, 404)},
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        job = selectors.job_get(token=request.auth, job_id=job_id)
+        doc = _document(request)
+        if not isinstance(doc, dict) or set(doc) != {"calls"}:
+            raise validation.BadInput(
+                "The body is a mapping with only 'calls'.", code="invalid_job"
+            )
+        dag.job_add_calls(token=request.auth, job_id=job.id, raw_calls=doc["calls"])
+        return Response(job_answer(job), status=201)
+
+
+class CallFinishView(APIView):
+    """The external event a virtual call waits for."""
+
+    required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
+
+    @extend_schema(
+        summary="Finish a virtual call",
+        request=serializers.Finish,
+        responses={200: openapi.CallDetail, **openapi.errors(400, 404, 409)},
+    )
+    def post(self, request: Request, call_id: str) -> Response:
+        call = selectors.call_get(token=request.auth, call_id=call_id)
+        data = serializers.Finish(data=request.data)
+        data.is_valid(raise_exception=True)
+        call = dag.call_finish(
+            token=request.auth,
+            call_id=call.id,
+            succeeded=data.validated_data["state"] == CallState.SUCCEEDED,
+            message=data.validated_data["message"],
+        )
+        return Response(call_detail(call))
 
 
 class JobDetailView(APIView):
-    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+    required_roles = {"GET": {roles.GET_JOB_STATUS}, "DELETE": {roles.DELETE_JOB}}
 
     @extend_schema(
         operation_id="job_detail",
@@ -203,14 +281,44 @@ class JobDetailView(APIView):
     )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(token=request.auth, job_id=job_id)
-        calls = list(job.calls.select_related("agent").order_by("created_at"))
-        return Response(job_detail(job, calls))
+        return Response(job_answer(job))
+
+    @extend_schema(
+        operation_id="job_cancel",
+        summary="Cancel a job",
+        description=(
+            "Calls not yet taken end cancelled; calls an agent holds end "
+            "cancelled too, and the agent stops their processes or batch jobs "
+            "and reports how they ended."
+        ),
+        responses={200: openapi.JobDetail, **openapi.errors(404)},
+    )
+    def delete(self, request: Request, job_id: str) -> Response:
+        job = dag.job_cancel(token=request.auth, job_id=job_id)
+        return Response(job_answer(job))
 
 
 class CallDetailView(APIView):
-    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+    required_roles = {"GET": {roles.GET_JOB_STATUS}, "PATCH": {roles.UPDATE_JOB}}
 
     @extend_schema(responses={200: openapi.CallDetail, **openapi.errors(404)})
     def get(self, request: Request, call_id: str) -> Response:
         call = selectors.call_get(token=request.auth, call_id=call_id)
+        return Response(call_detail(call))
+
+    @extend_schema(
+        summary="Hold, release or change the arguments of a call",
+        request=serializers.CallChange,
+        responses={200: openapi.CallDetail, **openapi.errors(400, 404, 409)},
+    )
+    def patch(self, request: Request, call_id: str) -> Response:
+        call = selectors.call_get(token=request.auth, call_id=call_id)
+        data = serializers.CallChange(data=request.data)
+        data.is_valid(raise_exception=True)
+        call = dag.call_update(
+            token=request.auth,
+            call_id=call.id,
+            held=data.validated_data.get("held"),
+            args=data.validated_data.get("args"),
+        )
         return Response(call_detail(call))

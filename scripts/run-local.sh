@@ -44,12 +44,13 @@ state_dir = "$VAR/agent-state"
 TOML
 umask 022
 
-server_pid="" agent_pid="" provider_pid=""
+server_pid="" agent_pid="" provider_pid="" timers_pid=""
 cleanup() {
   # INT is gunicorn's quick shutdown; it also ends the agent's open long-poll.
   [ -n "$server_pid" ] && kill -INT "$server_pid" 2>/dev/null
   [ -n "$provider_pid" ] && kill -INT "$provider_pid" 2>/dev/null
   [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null
+  [ -n "$timers_pid" ] && kill -TERM "$timers_pid" 2>/dev/null
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -69,6 +70,9 @@ for _ in $(seq 100); do
 done
 "$VENV/bin/hpcsera-agent" -c "$VAR/agent.toml" run &
 agent_pid=$!
+# Deadlines of virtual calls.
+"$PY" manage.py run_timers &
+timers_pid=$!
 sleep 1
 
 cat <<MSG

@@ -31,6 +31,9 @@ BODIES = {
     "agent-register": {"site": "s", "capabilities": ["local"], "functions": []},
     "agent-claim": {"max": 1, "wait": 0},
     "agent-report": {"state": "failed", "exit_code": 1},
+    "job-list": {"calls": [{"name": "wait", "virtual": {"deadline_seconds": 60}}]},
+    "job-calls": {"calls": [{"name": "wait", "virtual": {"deadline_seconds": 60}}]},
+    "call-finish": {"state": "failed", "message": "no"},
 }
 
 
@@ -58,6 +61,8 @@ def test_the_walk_finds_every_kind_of_endpoint():
         "job-list",
         "job-detail",
         "call-detail",
+        "job-calls",
+        "call-finish",
         "agent-register",
         "agent-claim",
         "agent-report",

@@ -37,6 +37,7 @@ class Client:
         # requests sessions are not safe to share between threads; each thread
         # keeps its own, and so its own kept-alive connection.
         self._local = threading.local()
+        self.last_cancel: list[dict[str, Any]] = []
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -83,6 +84,8 @@ class Client:
     def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
         body = {"max": max_calls, "wait": wait}
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
+        # Calls cancelled while this agent holds them (see cancel.py).
+        self.last_cancel = list(data.get("cancel", []))
         return list(data.get("calls", []))
 
     def report(

@@ -143,6 +143,19 @@ def _read_capped(path: Path, limit: int) -> tuple[str, bool]:
     return data.decode("utf-8", errors="replace"), size > limit
 
 
+# Local processes by call id, so that a cancellation can stop them.
+RUNNING: dict[str, subprocess.Popen] = {}
+
+
+def terminate(call_id: str) -> bool:
+    """Stop the local process group of a call; False when none is running."""
+    process = RUNNING.get(call_id)
+    if process is None:
+        return False
+    _kill_group(process)
+    return True
+
+
 def _popen(argv: list[str], prepared: Prepared) -> subprocess.Popen:
     with (
         open(prepared.stdout_path, "wb") as out,
@@ -210,7 +223,11 @@ def run_local(
         process = _popen(prepared.argv, prepared)
     except OSError as exc:
         return Outcome("failed", None, f"could not start the function: {exc.strerror}")
-    status = _wait(process, prepared.time_limit, on_running)
+    RUNNING[prepared.call_id] = process
+    try:
+        status = _wait(process, prepared.time_limit, on_running)
+    finally:
+        RUNNING.pop(prepared.call_id, None)
     reason = f"stopped at its wall-clock limit of {prepared.time_limit} s"
     return _outcome(status, prepared, config, reason)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcsera_agent import runners, slurm
+from hpcsera_agent import cancel, runners, slurm
 from hpcsera_agent.client import (
     Client,
     Refused,
@@ -97,6 +97,7 @@ class Agent:
         if free == 0:
             return 0
         calls = self.client.claim(self.agent_id, free, wait)
+        cancel.stop_cancelled(self, self.client.last_cancel)
         for call in calls:
             self._start(call)
         return len(calls)
