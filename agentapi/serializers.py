@@ -52,7 +52,16 @@ class Claim(serializers.Serializer):
         return min(value, settings.HPCSERA["CLAIM_WAIT_SECONDS"])
 
 
-REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED]
+class Heartbeat(serializers.Serializer):
+    # The calls the agent still holds; only these leases are renewed.
+    calls = serializers.ListField(
+        child=serializers.UUIDField(), max_length=10000, default=list
+    )
+
+
+# `lost`: the agent cannot tell how the call ended, e.g. its batch job vanished
+# from the scheduler's accounting.
+REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED, CallState.LOST]
 
 
 class Report(serializers.Serializer):

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from agentapi import serializers
 from hpcsera.notify import wait_until
 from jobs import selectors
+from jobs.leases import leases_renew
 from jobs.models import FunctionCall
 from jobs.services import agent_register, call_report, calls_claim, work_channel
 from tokens import roles
@@ -75,6 +76,27 @@ class AgentClaimView(APIView):
             on_long_wait=connection.close,
         )
         return Response({"calls": [_lease(c) for c in calls or []]})
+
+
+class AgentHeartbeatView(APIView):
+    """Renews the leases of the calls the agent names; says which it lost."""
+
+    required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
+
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.Heartbeat(data=request.data)
+        data.is_valid(raise_exception=True)
+        expires, released = leases_renew(
+            agent=agent, call_ids=data.validated_data["calls"]
+        )
+        return Response(
+            {
+                "lease_expires_at": expires.isoformat(),
+                "lease_seconds": settings.HPCSERA["LEASE_SECONDS"],
+                "released": sorted(released),
+            }
+        )
 
 
 class AgentReportView(APIView):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.urls import reverse
 
-from jobs.models import TERMINAL_STATES, CallState, FunctionCall, Job
+from jobs.models import TERMINAL_STATES, Agent, CallState, FunctionCall, Job
 
 
 def call_result(call: FunctionCall) -> Any:
@@ -57,6 +58,8 @@ def call_detail(call: FunctionCall) -> dict[str, Any]:
         "state": call.state,
         "terminal": call.state in TERMINAL_STATES,
         "reason": call.reason,
+        "attempt": call.attempt,
+        "lease_expires_at": _iso(call.lease_expires_at),
         "exit_code": call.exit_code,
         "batch_job_id": call.batch_job_id or None,
         "output": output,
@@ -99,4 +102,26 @@ def job_detail(job: Job, calls: list[FunctionCall]) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "calls": [call_detail(c) for c in calls],
         "url": reverse("job-detail", args=[job.id]),
+    }
+
+
+def agent_detail(agent: Agent, now: datetime, alive_seconds: int) -> dict[str, Any]:
+    """An agent with its liveness: alive when heard from within `alive_seconds`."""
+    silent = (now - agent.last_seen_at).total_seconds()
+    return {
+        "id": str(agent.id),
+        "site": agent.site,
+        "tag": agent.tag,
+        "capabilities": agent.capabilities,
+        "version": agent.version,
+        "created_at": _iso(agent.created_at),
+        "last_seen_at": _iso(agent.last_seen_at),
+        "seconds_since_seen": round(max(silent, 0.0), 1),
+        "alive": silent <= alive_seconds,
+        "calls_held": getattr(agent, "calls_held", None),
+        "functions": [
+            {"name": f.name, "runner": f.runner, "idempotent": f.idempotent}
+            for f in sorted(agent.functions.all(), key=lambda f: f.name)
+        ],
+        "url": reverse("agent-detail", args=[agent.id]),
     }

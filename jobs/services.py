@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from hpcsera.errors import Conflict, NotFound
 from hpcsera.notify import hub
+from jobs import leases
+from jobs.channels import call_channel, work_channel
 from jobs.models import (
     ALLOWED_FROM,
     TERMINAL_STATES,
@@ -27,14 +29,6 @@ from tokens.models import Token
 logger = logging.getLogger(__name__)
 
 AGENT_SEEN_RESOLUTION = timedelta(seconds=10)
-
-
-def work_channel(user_id: int, tag: str) -> str:
-    return f"work:{user_id}:{tag}"
-
-
-def call_channel(call_id: Any) -> str:
-    return f"call:{call_id}"
 
 
 def function_is_offered(*, token: Token, name: str, site: str = "") -> bool:
@@ -121,6 +115,7 @@ def calls_claim(
     *, agent: Agent, max_calls: int, lease_seconds: int
 ) -> list[FunctionCall]:
     """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
+    leases.leases_expire_due()
     now = timezone.now()
     queue = (
         FunctionCall.objects.filter(
@@ -137,6 +132,7 @@ def calls_claim(
         "agent_id": agent.id,
         "leased_at": now,
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempt": F("attempt") + 1,
     }
     if connection.features.has_select_for_update_skip_locked:
         # Rows another claimer has locked are skipped, not waited for.
@@ -155,7 +151,9 @@ def calls_claim(
                 break
     for call in calls:
         for name, value in lease.items():
-            setattr(call, name, value)
+            if name != "attempt":
+                setattr(call, name, value)
+        call.attempt += 1
     _agent_seen(agent, now)
     return calls
 
@@ -174,6 +172,8 @@ def call_report(
     changes = dict(fields)
     if state == CallState.RUNNING:
         changes["started_at"] = now
+        # A report proves the agent alive, as a heartbeat does.
+        changes["lease_expires_at"] = now + timedelta(seconds=leases.lease_seconds())
     if state in TERMINAL_STATES:
         changes["finished_at"] = now
         changes["lease_expires_at"] = None

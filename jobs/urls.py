@@ -6,6 +6,8 @@ api_urlpatterns = [
     path("jobs", views.JobListView.as_view(), name="job-list"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("calls/<str:call_id>", views.CallDetailView.as_view(), name="call-detail"),
+    path("agents", views.AgentListView.as_view(), name="agent-list"),
+    path("agents/<str:agent_id>", views.AgentDetailView.as_view(), name="agent-detail"),
 ]
 
 faas_urlpatterns = [
