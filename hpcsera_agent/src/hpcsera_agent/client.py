@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from typing import Any
 
 import requests
@@ -85,6 +84,10 @@ class Client:
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
         return list(data.get("calls", []))
 
+    def heartbeat(self, agent_id: str, call_ids: list[str]) -> dict[str, Any]:
+        body = {"calls": call_ids}
+        return self._post(f"/agents/{agent_id}/heartbeat", body, self._timeout)
+
     def report(
         self, agent_id: str, call_id: str, report: dict[str, Any]
     ) -> dict[str, Any]:
@@ -96,31 +99,3 @@ class Client:
 def backoff(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
     """Seconds before try `attempt` (1-based): exponential with full jitter."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))  # noqa: S311
-
-
-def report_until_delivered(
-    client: Client,
-    agent_id: str,
-    call_id: str,
-    report: dict[str, Any],
-    stop: threading.Event,
-    max_attempts: int | None = None,
-) -> dict[str, Any] | None:
-    """Send a report, retrying while the server is unavailable.
-
-    A refusal (the call was cancelled, or already finished) is final and returns
-    None. TODO: reports still unsent when the agent dies are lost; a journal on
-    disk that is replayed at start is what would close that gap.
-    """
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return client.report(agent_id, call_id, report)
-        except Refused:
-            return None
-        except ServerUnavailable:
-            if max_attempts is not None and attempt >= max_attempts:
-                raise
-            # Keep trying through a shutdown too: a result is worth the wait.
-            time.sleep(backoff(attempt, cap=30.0) if not stop.is_set() else 1.0)
