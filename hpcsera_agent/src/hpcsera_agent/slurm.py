@@ -105,7 +105,8 @@ def batch_state(raw_state: str, raw_exit: str = "") -> BatchState:
     if state in FAILURES:
         detail = FAILURES[state]
         if state == "CANCELLED" and len(words) == 3 and words[1] == "by":
-            detail = f"the job was cancelled in the batch system by uid {words[2]} (CANCELLED)"
+            who = f"by uid {words[2]}"
+            detail = f"the job was cancelled in the batch system {who} (CANCELLED)"
         return BatchState(state, batch.FAILED, exit_code, detail)
     return BatchState(state or "EMPTY", batch.UNKNOWN, exit_code)
 
