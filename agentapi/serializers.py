@@ -27,6 +27,7 @@ class Registration(serializers.Serializer):
     )
     functions = FunctionOffer(many=True, max_length=1000)
     version = serializers.CharField(max_length=32, allow_blank=True, default="")
+    session = serializers.CharField(max_length=64, allow_blank=True, default="")
 
     def validate_site(self, value: str) -> str:
         try:
@@ -44,6 +45,7 @@ class Registration(serializers.Serializer):
 class Claim(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, default=1)
     wait = serializers.FloatField(min_value=0, default=0)
+    session = serializers.CharField(max_length=64, allow_blank=True, default="")
 
     def validate_max(self, value: int) -> int:
         return min(value, settings.HPCSERA["CLAIM_MAX_CALLS"])
@@ -57,6 +59,9 @@ class Heartbeat(serializers.Serializer):
     calls = serializers.ListField(
         child=serializers.UUIDField(), max_length=10000, default=list
     )
+    # True: `calls` is everything the agent holds (it says so once at start).
+    # Leased calls it does not name never reached it and go back to the queue.
+    complete = serializers.BooleanField(default=False)
 
 
 # `lost`: the agent cannot tell how the call ended, e.g. its batch job vanished

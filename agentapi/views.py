@@ -67,6 +67,7 @@ class AgentClaimView(APIView):
                 agent=agent,
                 max_calls=data.validated_data["max"],
                 lease_seconds=lease_seconds,
+                session=data.validated_data["session"],
             )
 
         calls = wait_until(
@@ -88,7 +89,9 @@ class AgentHeartbeatView(APIView):
         data = serializers.Heartbeat(data=request.data)
         data.is_valid(raise_exception=True)
         expires, released = leases_renew(
-            agent=agent, call_ids=data.validated_data["calls"]
+            agent=agent,
+            call_ids=data.validated_data["calls"],
+            complete=data.validated_data["complete"],
         )
         return Response(
             {

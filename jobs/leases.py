@@ -152,13 +152,23 @@ def _announce(rows: list[tuple], requeued: set[Any], lost: set[Any]) -> None:
         hub().publish(channel)
 
 
-def leases_renew(*, agent: Agent, call_ids: list[Any]) -> tuple[datetime, set[str]]:
+def leases_renew(
+    *, agent: Agent, call_ids: list[Any], complete: bool = False
+) -> tuple[datetime, set[str]]:
     """A heartbeat: extend the leases of the calls `agent` still holds.
 
     Only the calls the agent names are renewed, so a call the agent forgot (its
     journal lost) runs out instead of being kept alive forever. Returns the new
     expiry and the named calls the agent does not hold any more.
+
+    `complete` says the names are all the agent holds. An agent journals every
+    call it receives before it starts it, so a call still only `leased` to it
+    and not named never reached it (the answer to a claim was lost when the
+    agent was killed): it goes back to the queue at once, whatever its
+    function, since it never ran.
     """
+    if complete:
+        _requeue_unreceived(agent, call_ids)
     now = timezone.now()
     expires = now + timedelta(seconds=lease_seconds())
     held = Call.objects.filter(agent=agent, state__in=HELD_STATES, id__in=call_ids)
@@ -169,3 +179,21 @@ def leases_renew(*, agent: Agent, call_ids: list[Any]) -> tuple[datetime, set[st
     if released:
         logger.info("%s no longer holds %d call(s)", agent.id, len(released))
     return expires, released
+
+
+def _requeue_unreceived(agent: Agent, call_ids: list[Any]) -> None:
+    unreceived = Call.objects.filter(agent=agent, state=CallState.LEASED).exclude(
+        id__in=call_ids
+    )
+    rows = list(unreceived.values_list("id", "user_id", "tag"))
+    moved = unreceived.filter(id__in=[r[0] for r in rows]).update(
+        state=CallState.READY,
+        agent=None,
+        lease_expires_at=None,
+        leased_at=None,
+        reason="The agent never received the call; it was queued again.",
+    )
+    if moved:
+        logger.warning("%s never received %d call(s): requeued", agent.id, moved)
+        for channel in {work_channel(user_id, tag) for _, user_id, tag in rows}:
+            hub().publish(channel)

@@ -20,6 +20,9 @@ class Agent(models.Model):
     version = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
+    # A fresh random value from every start of the agent process. Claims of an
+    # older process (a long-poll still held after it was killed) lease nothing.
+    session = models.CharField(max_length=64, blank=True)
 
     class Meta:
         constraints = [

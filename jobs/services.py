@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -84,6 +84,7 @@ def agent_register(
     capabilities: list[str],
     functions: list[dict[str, Any]],
     version: str,
+    session: str = "",
 ) -> Agent:
     """Create or refresh the agent of this user, tag and site, with its inventory."""
     with transaction.atomic():
@@ -95,8 +96,9 @@ def agent_register(
         )
         agent.capabilities = capabilities
         agent.version = version
+        agent.session = session
         agent.last_seen_at = timezone.now()
-        agent.save(update_fields=["capabilities", "version", "last_seen_at"])
+        agent.save(update_fields=["capabilities", "version", "session", "last_seen_at"])
         agent.functions.all().delete()
         Function.objects.bulk_create(
             Function(
@@ -112,9 +114,13 @@ def agent_register(
 
 
 def calls_claim(
-    *, agent: Agent, max_calls: int, lease_seconds: int
+    *, agent: Agent, max_calls: int, lease_seconds: int, session: str = ""
 ) -> list[FunctionCall]:
-    """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
+    """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent.
+
+    With `session`, only while it is the agent's current one: the long-poll of
+    a killed agent process must not lease calls nobody will receive.
+    """
     leases.leases_expire_due()
     now = timezone.now()
     queue = (
@@ -127,6 +133,9 @@ def calls_claim(
         .filter(Q(site="") | Q(site=agent.site))
         .order_by("created_at")
     )
+    if session:
+        current = Agent.objects.filter(pk=agent.pk, session=session)
+        queue = queue.filter(Exists(current))
     lease = {
         "state": CallState.LEASED,
         "agent_id": agent.id,
@@ -143,9 +152,7 @@ def calls_claim(
         # SQLite: one writer at a time; the state condition keeps it exact.
         calls = []
         for call in queue[: max_calls * 2]:
-            if FunctionCall.objects.filter(id=call.id, state=CallState.READY).update(
-                **lease
-            ):
+            if queue.filter(id=call.id).update(**lease):
                 calls.append(call)
             if len(calls) >= max_calls:
                 break

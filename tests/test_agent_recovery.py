@@ -40,7 +40,7 @@ class FakeClient:
         taken, self.queue = self.queue[:max_calls], self.queue[max_calls:]
         return taken
 
-    def heartbeat(self, agent_id, call_ids):  # noqa: ANN001, ANN201
+    def heartbeat(self, agent_id, call_ids, complete=False):  # noqa: ANN001, ANN201
         if self.down:
             raise ServerUnavailable("down")
         return {"released": sorted(self.released & set(call_ids))}

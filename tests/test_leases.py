@@ -189,3 +189,43 @@ def test_heartbeats_are_fenced_by_user_tag_and_role(
     pull_only = client_for(make_token(alice, role_list=[roles.GET_JOB]))
     assert heartbeat(pull_only, agent, [call_id]).status_code == 403
     assert heartbeat(alice_client, agent, ["not-a-uuid"]).status_code == 400
+
+
+def test_a_claim_from_an_older_process_of_the_agent_leases_nothing(alice_client):
+    body = {"site": "a", "capabilities": ["local"], "session": "old"}
+    body["functions"] = [{"name": "hello", "runner": "local"}]
+    agent = alice_client.post("/api/agent/v1/agents", body, format="json").json()
+    alice_client.post("/api/agent/v1/agents", {**body, "session": "new"}, format="json")
+    call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
+    url = f"/api/agent/v1/agents/{agent['agent_id']}/claim"
+
+    stale = alice_client.post(url, {"max": 5, "session": "old"}, format="json")
+    assert stale.json()["calls"] == []
+    fresh = alice_client.post(url, {"max": 5, "session": "new"}, format="json")
+    assert [c["id"] for c in fresh.json()["calls"]] == [call_id]
+
+
+def test_a_complete_heartbeat_requeues_leased_calls_the_agent_never_received(
+    alice_client,
+):
+    agent = register(alice_client)  # not idempotent: only "never ran" allows this
+    received, unreceived, running = (
+        alice_client.post("/alice/async-function/hello").json()["call_id"]
+        for _ in range(3)
+    )
+    claim(alice_client, agent)
+    report(alice_client, agent, running, state="running")
+
+    answer = alice_client.post(
+        f"/api/agent/v1/agents/{agent}/heartbeat",
+        {"calls": [received], "complete": True},
+        format="json",
+    )
+
+    assert answer.status_code == 200
+    assert FunctionCall.objects.get(id=received).state == "leased"
+    assert FunctionCall.objects.get(id=unreceived).state == "ready"
+    assert "never received" in FunctionCall.objects.get(id=unreceived).reason
+    # A running call may have done work: only its lease decides.
+    assert FunctionCall.objects.get(id=running).state == "running"
+    assert claim(alice_client, agent) == [unreceived]

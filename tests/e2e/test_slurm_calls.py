@@ -18,8 +18,11 @@ def sacct(job_id: str) -> tuple[str, str, str]:
         timeout=30,
         check=True,
     )
-    # After a cluster reset job ids repeat; sacct lists the newest last.
-    name, state, exit_code = done.stdout.strip().splitlines()[-1].split("|")
+    # After a cluster reset job ids repeat, and the accounting may not list
+    # the newest job yet: take the row of ours, by its name.
+    rows = [line.split("|") for line in done.stdout.strip().splitlines()]
+    ours = [row for row in rows if row[0].startswith("hpcsera-")] or rows
+    name, state, exit_code = ours[-1]
     return name, state, exit_code
 
 

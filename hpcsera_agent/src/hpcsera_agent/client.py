@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from typing import Any
 
 import requests
@@ -33,6 +34,9 @@ class Client:
             "User-Agent": f"hpcsera-agent/{__version__}",
         }
         self._timeout = timeout
+        # New with every agent process: the server leases nothing to the claims
+        # of an earlier process of this agent, e.g. a long-poll it left behind.
+        self.session = uuid.uuid4().hex
         # requests sessions are not safe to share between threads; each thread
         # keeps its own, and so its own kept-alive connection.
         self._local = threading.local()
@@ -76,16 +80,19 @@ class Client:
             "capabilities": capabilities,
             "functions": functions,
             "version": __version__,
+            "session": self.session,
         }
         return self._post("/agents", body, self._timeout)
 
     def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
-        body = {"max": max_calls, "wait": wait}
+        body = {"max": max_calls, "wait": wait, "session": self.session}
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
         return list(data.get("calls", []))
 
-    def heartbeat(self, agent_id: str, call_ids: list[str]) -> dict[str, Any]:
-        body = {"calls": call_ids}
+    def heartbeat(
+        self, agent_id: str, call_ids: list[str], complete: bool = False
+    ) -> dict[str, Any]:
+        body = {"calls": call_ids, "complete": complete}
         return self._post(f"/agents/{agent_id}/heartbeat", body, self._timeout)
 
     def report(

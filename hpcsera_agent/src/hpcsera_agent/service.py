@@ -13,6 +13,10 @@ happens to it, and leaves it only when the server has acknowledged its end.
   looked up by its name; found, the agent attaches to it, else it submits.
 - `submitted`: the batch job is followed again.
 - `reporting`: the final report is sent again.
+
+Before it claims anything, a starting agent tells the server every call it
+holds; calls leased to it that it does not name never reached it (the answer
+to a claim was lost with the killed process) and go back to the queue.
 """
 
 from __future__ import annotations
@@ -123,9 +127,8 @@ class Agent:
     def recover(self) -> int:
         """Resume what the journal holds (see the module doc); how many calls."""
         entries = list(self.journal.entries())
-        if not entries:
-            return 0
-        released = self.heartbeat_step(force=True)
+        # Before this process claims anything: all it holds is in the journal.
+        released = self.heartbeat_step(force=True, complete=True)
         resumed = 0
         for entry in entries:
             call_id = entry["call_id"]
@@ -170,7 +173,7 @@ class Agent:
             sent += 1
         return sent
 
-    def heartbeat_step(self, force: bool = False) -> set[str]:
+    def heartbeat_step(self, force: bool = False, complete: bool = False) -> set[str]:
         """Renew the leases of every journaled call; the calls released."""
         if self.agent_id is None:
             return set()
@@ -180,7 +183,7 @@ class Agent:
         ):
             return set()
         held = [e["call_id"] for e in self.journal.entries()]
-        answer = self.client.heartbeat(self.agent_id, held)
+        answer = self.client.heartbeat(self.agent_id, held, complete)
         self._last_heartbeat = time.monotonic()
         released = set(answer.get("released", []))
         for call_id in sorted(released):
