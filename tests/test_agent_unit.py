@@ -256,6 +256,15 @@ def test_the_input_body_is_a_private_file(tmp_path):
     assert runners.run_local(prepared, cfg, lambda: None).stdout == '{"a": 1}'
 
 
+def test_backoff_is_jittered_and_capped():
+    from hpcsera_agent.client import backoff
+
+    waits = [backoff(attempt, base=0.5, cap=8.0) for attempt in range(1, 40)]
+    assert all(0 <= w <= 8.0 for w in waits)
+    assert len(set(waits)) > 30, "full jitter spreads agents that failed together"
+    assert max(backoff(1, base=0.5, cap=8.0) for _ in range(200)) <= 1.0
+
+
 def _python39() -> str | None:
     versions = Path(os.path.expanduser("~/.pyenv/versions"))
     candidates = [str(p) for p in sorted(versions.glob("3.9*/bin/python"))]

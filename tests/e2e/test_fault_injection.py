@@ -215,3 +215,25 @@ def test_a_server_restart_under_load_loses_no_accepted_call(cluster):
     print(f"{len(accepted)} accepted, {refused} refused during the restart")
     assert len(done) == len(accepted)
     assert all(s["state"] == "succeeded" for s in done.values())
+
+
+def test_sigterm_lets_the_running_call_finish_and_the_agent_exit_cleanly(cluster):
+    server, api, config, runs, agents = cluster
+    harness.install_function(
+        config.parent / "functions", "fi_slow", "#!/bin/sh\nsleep 3\necho '{}'\n"
+    )
+    agents.append(harness.start_agent(config))
+    deadline = time.monotonic() + 20
+    while api.post("/alice/async-function/fi_slow").status_code == 404:
+        assert time.monotonic() < deadline, "the agent never offered fi_slow"
+        time.sleep(0.2)
+    call_id = submit(api, "fi_slow")
+    while api.get(f"/api/v1/calls/{call_id}").json()["state"] != "running":
+        assert time.monotonic() < deadline + 20
+        time.sleep(0.1)
+
+    agents[-1].process.terminate()
+
+    assert agents[-1].process.wait(timeout=60) == 0
+    status = api.get(f"/api/v1/calls/{call_id}").json()
+    assert status["state"] == "succeeded", status
