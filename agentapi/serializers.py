@@ -28,6 +28,7 @@ class Registration(serializers.Serializer):
     )
     functions = FunctionOffer(many=True, max_length=1000)
     version = serializers.CharField(max_length=32, allow_blank=True, default="")
+    session = serializers.CharField(max_length=64, allow_blank=True, default="")
 
     def validate_site(self, value: str) -> str:
         try:
@@ -45,6 +46,7 @@ class Registration(serializers.Serializer):
 class Claim(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, default=1)
     wait = serializers.FloatField(min_value=0, default=0)
+    session = serializers.CharField(max_length=64, allow_blank=True, default="")
 
     def validate_max(self, value: int) -> int:
         return min(value, settings.HPCSERA["CLAIM_MAX_CALLS"])
@@ -69,7 +71,19 @@ class OutputField(serializers.CharField):
         return super().to_internal_value(data).replace("\x00", "\ufffd")
 
 
-REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED]
+class Heartbeat(serializers.Serializer):
+    # The calls the agent still holds; only these leases are renewed.
+    calls = serializers.ListField(
+        child=serializers.UUIDField(), max_length=10000, default=list
+    )
+    # True: `calls` is everything the agent holds (it says so once at start).
+    # Leased calls it does not name never reached it and go back to the queue.
+    complete = serializers.BooleanField(default=False)
+
+
+# `lost`: the agent cannot tell how the call ended, e.g. its batch job vanished
+# from the scheduler's accounting.
+REPORTABLE = [CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED, CallState.LOST]
 
 
 class Report(serializers.Serializer):

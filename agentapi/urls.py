@@ -10,6 +10,11 @@ urlpatterns = [
         name="agent-claim",
     ),
     path(
+        "agents/<str:agent_id>/heartbeat",
+        views.AgentHeartbeatView.as_view(),
+        name="agent-heartbeat",
+    ),
+    path(
         "agents/<str:agent_id>/calls/<str:call_id>/report",
         views.AgentReportView.as_view(),
         name="agent-report",

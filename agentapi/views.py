@@ -13,6 +13,7 @@ from agentapi import serializers
 from hpcsera.notify import wait_until
 from jobs import openapi, selectors
 from jobs.dag import calls_announce_stop, calls_to_stop
+from jobs.leases import leases_renew
 from jobs.models import FunctionCall
 from jobs.services import agent_register, call_report, calls_claim, work_channel
 from tokens import roles
@@ -76,6 +77,7 @@ class AgentClaimView(APIView):
                 agent=agent,
                 max_calls=data.validated_data["max"],
                 lease_seconds=lease_seconds,
+                session=data.validated_data["session"],
             )
 
         def claim_or_announce() -> tuple[list[FunctionCall], int] | None:
@@ -100,6 +102,29 @@ class AgentClaimView(APIView):
                     {"id": str(c.id), "batch_job_id": c.batch_job_id or None}
                     for c in stop
                 ],
+            }
+        )
+
+
+class AgentHeartbeatView(APIView):
+    """Renews the leases of the calls the agent names; says which it lost."""
+
+    required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
+
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.Heartbeat(data=request.data)
+        data.is_valid(raise_exception=True)
+        expires, released = leases_renew(
+            agent=agent,
+            call_ids=data.validated_data["calls"],
+            complete=data.validated_data["complete"],
+        )
+        return Response(
+            {
+                "lease_expires_at": expires.isoformat(),
+                "lease_seconds": settings.HPCSERA["LEASE_SECONDS"],
+                "released": sorted(released),
             }
         )
 

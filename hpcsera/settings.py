@@ -156,6 +156,10 @@ HPCSERA = {
     "CLAIM_MAX_CALLS": env.integer("HPCSERA_CLAIM_MAX_CALLS", 64, minimum=1),
     # How long a claimed call stays leased to its agent without a report.
     "LEASE_SECONDS": env.integer("HPCSERA_LEASE_SECONDS", 300, minimum=5),
+    # Per process, the claim path looks for expired leases at most this often.
+    "LEASE_SWEEP_SECONDS": env.number("HPCSERA_LEASE_SWEEP_SECONDS", 5.0, minimum=0.0),
+    # An agent not heard from for longer than this shows as not alive.
+    "AGENT_ALIVE_SECONDS": env.integer("HPCSERA_AGENT_ALIVE_SECONDS", 90, minimum=5),
     "MAX_BODY_BYTES": env.integer("HPCSERA_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
     # Arguments travel in the request line, which gunicorn caps at 8 KiB;
     # anything longer belongs in the JSON body.

@@ -20,6 +20,9 @@ class Agent(models.Model):
     version = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
+    # A fresh random value from every start of the agent process. Claims of an
+    # older process (a long-poll still held after it was killed) lease nothing.
+    session = models.CharField(max_length=64, blank=True)
 
     class Meta:
         constraints = [
@@ -78,6 +81,8 @@ class CallState(models.TextChoices):
 TERMINAL_STATES = frozenset(
     {CallState.SUCCEEDED, CallState.FAILED, CallState.CANCELLED, CallState.LOST}
 )
+# The states in which a call is leased to an agent and its lease can run out.
+HELD_STATES = frozenset({CallState.LEASED, CallState.RUNNING})
 
 # The states a call may move to each state from. Every state change is a
 # conditional UPDATE on this set, so two writers racing (an agent's report and
@@ -85,7 +90,9 @@ TERMINAL_STATES = frozenset(
 # agent holds, end from ready by VIRTUAL_FINISH_FROM instead.
 ALLOWED_FROM = {
     CallState.PENDING: {CallState.READY},  # held before an agent took it
-    CallState.READY: {CallState.PENDING, CallState.LEASED},
+    # LEASED and RUNNING go back to READY only when a lease of an idempotent
+    # function ran out (jobs.leases).
+    CallState.READY: {CallState.PENDING, CallState.LEASED, CallState.RUNNING},
     CallState.LEASED: {CallState.READY},
     CallState.RUNNING: {CallState.LEASED},
     CallState.SUCCEEDED: {CallState.LEASED, CallState.RUNNING},
@@ -143,6 +150,9 @@ class FunctionCall(models.Model):
         Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls"
     )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # How many times the call was leased; above 1 it was requeued after a lease
+    # ran out.
+    attempt = models.PositiveIntegerField(default=0)
     batch_job_id = models.CharField(max_length=64, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     stdout = models.TextField(blank=True)
@@ -167,6 +177,12 @@ class FunctionCall(models.Model):
                 fields=["deadline_at"],
                 name="call_virtual_deadline",
                 condition=models.Q(virtual=True, state__in=["pending", "ready"]),
+            ),
+            # The lease sweep looks only at held calls, by expiry.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="call_lease_expiry",
+                condition=models.Q(state__in=["leased", "running"]),
             ),
         ]
         constraints = [

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.urls import reverse
 
 from hpcsera.parsers import strict_loads
-from jobs.models import TERMINAL_STATES, CallEdge, CallState, FunctionCall, Job
+from jobs.models import (
+    TERMINAL_STATES,
+    Agent,
+    CallEdge,
+    CallState,
+    FunctionCall,
+    Job,
+)
 
 
 def call_result(call: FunctionCall) -> Any:
@@ -77,6 +85,8 @@ def call_detail(
         "state": call.state,
         "terminal": call.state in TERMINAL_STATES,
         "reason": call.reason,
+        "attempt": call.attempt,
+        "lease_expires_at": _iso(call.lease_expires_at),
         "exit_code": call.exit_code,
         "batch_job_id": call.batch_job_id or None,
         "output": output,
@@ -131,3 +141,25 @@ def job_detail(
 def job_answer(job: Job) -> dict[str, Any]:
     calls = list(job.calls.select_related("agent").order_by("created_at", "id"))
     return job_detail(job, calls)
+
+
+def agent_detail(agent: Agent, now: datetime, alive_seconds: int) -> dict[str, Any]:
+    """An agent with its liveness: alive when heard from within `alive_seconds`."""
+    silent = (now - agent.last_seen_at).total_seconds()
+    return {
+        "id": str(agent.id),
+        "site": agent.site,
+        "tag": agent.tag,
+        "capabilities": agent.capabilities,
+        "version": agent.version,
+        "created_at": _iso(agent.created_at),
+        "last_seen_at": _iso(agent.last_seen_at),
+        "seconds_since_seen": round(max(silent, 0.0), 1),
+        "alive": silent <= alive_seconds,
+        "calls_held": getattr(agent, "calls_held", None),
+        "functions": [
+            {"name": f.name, "runner": f.runner, "idempotent": f.idempotent}
+            for f in sorted(agent.functions.all(), key=lambda f: f.name)
+        ],
+        "url": reverse("agent-detail", args=[agent.id]),
+    }

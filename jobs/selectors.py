@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from hpcsera.errors import NotFound
-from jobs.models import Agent, FunctionCall, Job
+from jobs.models import HELD_STATES, Agent, FunctionCall, Job
 from tokens.models import Token
 
 
@@ -43,10 +43,23 @@ def call_get(*, token: Token, call_id: Any) -> FunctionCall:
     return call
 
 
+def agents_visible(*, token: Token) -> QuerySet[Agent]:
+    return Agent.objects.filter(user_id=token.user_id, tag=token.tag)
+
+
+def agents_with_load(*, token: Token) -> QuerySet[Agent]:
+    """The visible agents with their functions and how many calls each holds."""
+    held = Count("calls", filter=Q(calls__state__in=HELD_STATES))
+    return (
+        agents_visible(token=token)
+        .annotate(calls_held=held)
+        .prefetch_related("functions")
+        .order_by("site")
+    )
+
+
 def agent_get(*, token: Token, agent_id: Any) -> Agent:
-    agent = Agent.objects.filter(
-        user_id=token.user_id, tag=token.tag, id=parse_uuid(agent_id)
-    ).first()
+    agent = agents_visible(token=token).filter(id=parse_uuid(agent_id)).first()
     if agent is None:
         raise NotFound("No such agent.")
     return agent

@@ -7,12 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from hpcsera.errors import Conflict, NotFound
 from hpcsera.notify import hub
+from jobs import leases
+from jobs.channels import call_channel, work_channel
 from jobs.models import (
     ALLOWED_FROM,
     TERMINAL_STATES,
@@ -27,14 +29,6 @@ from tokens.models import Token
 logger = logging.getLogger(__name__)
 
 AGENT_SEEN_RESOLUTION = timedelta(seconds=10)
-
-
-def work_channel(user_id: int, tag: str) -> str:
-    return f"work:{user_id}:{tag}"
-
-
-def call_channel(call_id: Any) -> str:
-    return f"call:{call_id}"
 
 
 def function_is_offered(*, token: Token, name: str, site: str = "") -> bool:
@@ -90,6 +84,7 @@ def agent_register(
     capabilities: list[str],
     functions: list[dict[str, Any]],
     version: str,
+    session: str = "",
 ) -> Agent:
     """Create or refresh the agent of this user, tag and site, with its inventory."""
     with transaction.atomic():
@@ -101,8 +96,9 @@ def agent_register(
         )
         agent.capabilities = capabilities
         agent.version = version
+        agent.session = session
         agent.last_seen_at = timezone.now()
-        agent.save(update_fields=["capabilities", "version", "last_seen_at"])
+        agent.save(update_fields=["capabilities", "version", "session", "last_seen_at"])
         agent.functions.all().delete()
         Function.objects.bulk_create(
             Function(
@@ -118,9 +114,14 @@ def agent_register(
 
 
 def calls_claim(
-    *, agent: Agent, max_calls: int, lease_seconds: int
+    *, agent: Agent, max_calls: int, lease_seconds: int, session: str = ""
 ) -> list[FunctionCall]:
-    """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent."""
+    """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent.
+
+    With `session`, only while it is the agent's current one: the long-poll of
+    a killed agent process must not lease calls nobody will receive.
+    """
+    leases.leases_expire_due()
     now = timezone.now()
     queue = (
         FunctionCall.objects.filter(
@@ -133,11 +134,15 @@ def calls_claim(
         .filter(Q(site="") | Q(site=agent.site))
         .order_by("created_at")
     )
+    if session:
+        current = Agent.objects.filter(pk=agent.pk, session=session)
+        queue = queue.filter(Exists(current))
     lease = {
         "state": CallState.LEASED,
         "agent_id": agent.id,
         "leased_at": now,
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempt": F("attempt") + 1,
     }
     if connection.features.has_select_for_update_skip_locked:
         # Rows another claimer has locked are skipped, not waited for.
@@ -148,15 +153,15 @@ def calls_claim(
         # SQLite: one writer at a time; the state condition keeps it exact.
         calls = []
         for call in queue[: max_calls * 2]:
-            if FunctionCall.objects.filter(id=call.id, state=CallState.READY).update(
-                **lease
-            ):
+            if queue.filter(id=call.id).update(**lease):
                 calls.append(call)
             if len(calls) >= max_calls:
                 break
     for call in calls:
         for name, value in lease.items():
-            setattr(call, name, value)
+            if name != "attempt":
+                setattr(call, name, value)
+        call.attempt += 1
     _agent_seen(agent, now)
     return calls
 
@@ -175,6 +180,8 @@ def call_report(
     changes = dict(fields)
     if state == CallState.RUNNING:
         changes["started_at"] = now
+        # A report proves the agent alive, as a heartbeat does.
+        changes["lease_expires_at"] = now + timedelta(seconds=leases.lease_seconds())
     if state in TERMINAL_STATES:
         changes["finished_at"] = now
         changes["lease_expires_at"] = None

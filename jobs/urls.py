@@ -12,6 +12,8 @@ api_urlpatterns = [
         views.CallFinishView.as_view(),
         name="call-finish",
     ),
+    path("agents", views.AgentListView.as_view(), name="agent-list"),
+    path("agents/<str:agent_id>", views.AgentDetailView.as_view(), name="agent-detail"),
 ]
 
 faas_urlpatterns = [

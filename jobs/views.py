@@ -6,6 +6,7 @@ import threading
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,9 +15,11 @@ from rest_framework.views import APIView
 from hpcsera.errors import PROBLEM_JSON, NotFound, problem
 from hpcsera.notify import wait_until
 from jobs import dag, documents, openapi, selectors, serializers, validation
-from jobs.models import CallState, FunctionCall
+from jobs.leases import leases_expire
+from jobs.models import HELD_STATES, CallState, FunctionCall
 from jobs.presenters import (
     after_names,
+    agent_detail,
     call_detail,
     call_summary,
     job_answer,
@@ -281,6 +284,7 @@ class JobDetailView(APIView):
     )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(token=request.auth, job_id=job_id)
+        _expire_overdue(list(job.calls.all()))
         return Response(job_answer(job))
 
     @extend_schema(
@@ -304,6 +308,8 @@ class CallDetailView(APIView):
     @extend_schema(responses={200: openapi.CallDetail, **openapi.errors(404)})
     def get(self, request: Request, call_id: str) -> Response:
         call = selectors.call_get(token=request.auth, call_id=call_id)
+        if _expire_overdue([call]):
+            call = selectors.call_get(token=request.auth, call_id=call_id)
         return Response(call_detail(call))
 
     @extend_schema(
@@ -322,3 +328,40 @@ class CallDetailView(APIView):
             args=data.validated_data.get("args"),
         )
         return Response(call_detail(call))
+
+
+def _expire_overdue(calls: list[FunctionCall]) -> bool:
+    """Expire the leases among `calls` that ran out; True when one did."""
+    now = timezone.now()
+    overdue = [
+        c.id
+        for c in calls
+        if c.state in HELD_STATES and c.lease_expires_at and c.lease_expires_at < now
+    ]
+    return bool(overdue) and leases_expire(now=now, call_ids=overdue) > 0
+
+
+class AgentListView(APIView):
+    """The user's agents of this tag with their liveness (the UI shows these)."""
+
+    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+
+    def get(self, request: Request) -> Response:
+        agents = selectors.agents_with_load(token=request.auth)
+        now = timezone.now()
+        alive = settings.HPCSERA["AGENT_ALIVE_SECONDS"]
+        return Response({"agents": [agent_detail(a, now, alive) for a in agents]})
+
+
+class AgentDetailView(APIView):
+    required_roles = {"GET": {roles.GET_JOB_STATUS}}
+
+    def get(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agents_with_load(token=request.auth).filter(
+            id=selectors.parse_uuid(agent_id)
+        )
+        found = agent.first()
+        if found is None:
+            raise NotFound("No such agent.")
+        alive = settings.HPCSERA["AGENT_ALIVE_SECONDS"]
+        return Response(agent_detail(found, timezone.now(), alive))

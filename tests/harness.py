@@ -76,12 +76,23 @@ class Server:
             tag,
         )
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server process; its database stays."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """A new server process on the same port and database."""
+        self.halt()
+        self.process = _spawn_server(self.url, self.env, self.log)
+        _wait_healthy(self.url, self.process, self.log)
+
+    def stop(self) -> None:
+        self.halt()
         self.drop_database()
 
 
@@ -98,28 +109,45 @@ def start_server(tmp: Path, port: int | None = None, **settings: str) -> Server:
         [PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
     )
     log = tmp / "server.log"
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    process = _spawn_server(url, env, log)
+    try:
+        _wait_healthy(url, process, log)
+    except RuntimeError:
+        drop()
+        raise
+    return Server(url, env, process, drop, log)
+
+
+def _spawn_server(url: str, env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             PYTHON,
             "-m",
             "gunicorn",
             "-b",
-            f"127.0.0.1:{port}",
+            url.removeprefix("http://"),
             "--workers",
             env.get("E2E_WORKERS", "1"),
             "hpcsera.wsgi",
         ],
         cwd=ROOT,
         env=env,
-        stdout=open(log, "wb"),
+        stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
-    if not _wait_until_up(url + "/healthz", process):
-        process.kill()
-        drop()
-        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-    return Server(url, env, process, drop, log)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> bool:
@@ -230,6 +258,10 @@ class AgentProcess:
     log: Path
     extra: dict = field(default_factory=dict)
 
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> int:
         self.process.terminate()
         try:
@@ -262,15 +294,16 @@ def write_agent_config(
 
 def start_agent(config: Path, *, wait_registered: bool = True) -> AgentProcess:
     log = config.with_suffix(".log")
+    start = log.stat().st_size if log.exists() else 0
     process = subprocess.Popen(
         [AGENT, "-c", str(config), "run"],
-        stdout=open(log, "wb"),
+        stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
     agent = AgentProcess(config, process, log)
     if wait_registered:
         deadline = time.monotonic() + 20
-        while "registered as site" not in log.read_text():
+        while "registered as site" not in log.read_text()[start:]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"agent did not register: {log.read_text()[-2000:]}")
             time.sleep(0.05)

@@ -100,6 +100,9 @@ def test_sbatch_output_with_site_notices_yields_the_id():
     assert slurm.parse_sbatch(text) == "4242"
     cluster = (FIXTURES / "sbatch_parsable_cluster.txt").read_text()
     assert slurm.parse_sbatch(cluster) == "777"
+    plain = (FIXTURES / "sbatch_plain_recorded.txt").read_text()
+    assert slurm.parse_sbatch(plain) == "38"
+    assert slurm.parse_sbatch("Submitted batch job 9 on cluster b\n") == "9"
     assert slurm.parse_sbatch("sbatch: error: invalid partition\n") is None
 
 
@@ -115,8 +118,69 @@ def test_sacct_states_map_to_outcomes():
     assert not states["106"].terminal and not states["107"].terminal
     assert not states["109"].terminal
     assert states["108"].terminal and not states["108"].succeeded
-    # A state this agent does not know is never taken for success.
+    # A state this agent does not know is never taken for success, nor an end.
     assert not states["110"].succeeded and "unknown state" in states["110"].reason()
+    assert states["110"].kind == "unknown" and not states["110"].terminal
+
+
+@pytest.mark.parametrize(
+    "job_id, words",
+    [
+        ("111", "PREEMPTED"),
+        ("112", "BOOT_FAIL"),
+        ("113", "DEADLINE"),
+        ("115", "by uid 1000"),
+    ],
+)
+def test_every_terminal_kind_of_slurm_ends_failed_saying_which(job_id, words):
+    state = slurm.parse_sacct((FIXTURES / "sacct_mixed.txt").read_text())[job_id]
+    assert state.terminal and not state.succeeded and words in state.reason()
+
+
+def test_suffixes_and_signals_in_sacct_columns_are_understood():
+    states = slurm.parse_sacct((FIXTURES / "sacct_mixed.txt").read_text())
+    assert states["114"].succeeded  # COMPLETED+
+    assert states["116"].exit_code == 137 and "signal 9" in states["116"].reason()
+    assert not states["118"].succeeded and states["118"].exit_code == 1
+
+
+def test_a_reused_job_id_is_matched_by_the_job_name():
+    text = (FIXTURES / "sacct_mixed.txt").read_text()
+    mine = slurm.parse_sacct(text, {"117": "hpcsera-q"})
+    assert mine["117"].state == "RUNNING"
+    assert slurm.parse_sacct(text, {"117": "hpcsera-other"}) == {}
+
+
+def test_recorded_sacct_and_squeue_output_parse():
+    text = (FIXTURES / "sacct_recorded.txt").read_text()
+    states = slurm.parse_sacct(text)
+    assert [states[i].kind for i in ("33", "34", "35", "36", "37")] == [
+        "succeeded",
+        "failed",
+        "failed",
+        "failed",
+        "active",
+    ]
+    assert states["36"].exit_code == 137
+    live = slurm.parse_squeue((FIXTURES / "squeue_recorded.txt").read_text())
+    assert live["37"][0] == "i7-run" and live["37"][1].kind == "active"
+    assert live["33"][1].state == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("0:0", (0, 0)), ("3:0", (3, 0)), ("0:9", (0, 9)), ("", (None, 0))],
+)
+def test_exit_codes_in_code_signal_form(raw, expected):
+    assert slurm.parse_exit_code(raw) == expected
+
+
+def test_short_squeue_states_map_like_long_ones():
+    assert slurm.batch_state("CD", "0:0").succeeded
+    assert (
+        slurm.batch_state("OOM").terminal and slurm.batch_state("PD").kind == "active"
+    )
+    assert slurm.batch_state("").kind == "unknown"
 
 
 def test_env_mode_passes_arguments_as_prefixed_variables(tmp_path):
@@ -190,6 +254,15 @@ def test_the_input_body_is_a_private_file(tmp_path):
     prepared = runners.prepare(cfg, call("f", input='{"a": 1}'))
     assert os.stat(prepared.env["HPCSERA_INPUT_FILE"]).st_mode & 0o777 == 0o600
     assert runners.run_local(prepared, cfg, lambda: None).stdout == '{"a": 1}'
+
+
+def test_backoff_is_jittered_and_capped():
+    from hpcsera_agent.client import backoff
+
+    waits = [backoff(attempt, base=0.5, cap=8.0) for attempt in range(1, 40)]
+    assert all(0 <= w <= 8.0 for w in waits)
+    assert len(set(waits)) > 30, "full jitter spreads agents that failed together"
+    assert max(backoff(1, base=0.5, cap=8.0) for _ in range(200)) <= 1.0
 
 
 def _python39() -> str | None:

@@ -102,7 +102,8 @@ class Api:
         self.session.headers["Authorization"] = f"Bearer {token}"
 
     def post(self, path: str, **kwargs) -> requests.Response:  # noqa: ANN003
-        return self.session.post(self.url + path, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return self.session.post(self.url + path, **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:  # noqa: ANN003
         return self.session.get(self.url + path, timeout=60, **kwargs)

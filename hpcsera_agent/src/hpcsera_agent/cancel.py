@@ -1,7 +1,8 @@
 """Stopping calls the server says were cancelled while this agent held them.
 
 A local process group is terminated; its run then reports how it ended. A
-batch job is cancelled with `scancel`; the next sacct cycle reports the
+batch job is cancelled with `scancel` (or `qdel`); the next scheduler query
+reports the
 scheduler's final state (CANCELLED). The server records either report on the
 cancelled call.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from hpcsera_agent import runners
@@ -33,23 +33,17 @@ def stop_cancelled(agent: Any, requests: list[dict[str, Any]]) -> int:
             logger.info("%s cancelled: local process terminated", call_id)
             stopped += 1
             continue
-        job_id = _tracked_batch_job(agent, call_id)
-        if job_id and scancel(job_id, agent.config):
+        entry = agent.journal.get(call_id) or {}
+        job_id = entry.get("batch_job_id")
+        if job_id and cancel_batch_job(job_id, entry.get("runner"), agent.config):
             logger.info("%s cancelled: batch job %s cancelled", call_id, job_id)
             stopped += 1
     return stopped
 
 
-def _tracked_batch_job(agent: Any, call_id: str) -> str | None:
-    with agent._tracked_lock:
-        for job_id, item in agent._tracked.items():
-            if item.call_id == call_id:
-                return job_id
-    return None
-
-
-def scancel(job_id: str, config: Any) -> bool:
-    command = str(Path(config.slurm.sbatch).with_name("scancel"))
+def cancel_batch_job(job_id: str, runner: str | None, config: Any) -> bool:
+    """scancel or qdel; the next scheduler query reports the final state."""
+    command = config.pbs.qdel if runner == "pbs" else config.slurm.scancel
     try:
         done = subprocess.run(
             [command, job_id],
@@ -59,9 +53,9 @@ def scancel(job_id: str, config: Any) -> bool:
             timeout=COMMAND_TIMEOUT,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        logger.error("scancel %s could not be run: %s", job_id, exc)
+        logger.error("%s could not be cancelled: %s", job_id, exc)
         return False
     if done.returncode != 0:
-        logger.error("scancel %s failed: %s", job_id, done.stderr.strip()[-200:])
+        logger.error("%s not cancelled: %s", job_id, done.stderr.strip()[-200:])
         return False
     return True

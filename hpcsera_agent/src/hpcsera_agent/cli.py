@@ -10,7 +10,7 @@ import sys
 from hpcsera_agent import __version__
 from hpcsera_agent.client import Refused, ServerUnavailable
 from hpcsera_agent.config import ConfigError, load
-from hpcsera_agent.service import Agent
+from hpcsera_agent.service import Agent, AlreadyRunning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,13 +54,17 @@ def main(argv: list[str] | None = None) -> int:
             for item in agent.scan_inventory().values():
                 print(f"{item['name']}\t{item['runner']}")
             return 0
+        agent.take_state_folder()
         _install_signal_handlers(agent)
-        agent.register()
         if args.command == "once":
             agent.run_once()
         else:
+            # The server may be down at start too: run_forever backs off.
             agent.run_forever()
         return 0
+    except AlreadyRunning as exc:
+        print(f"hpcsera-agent: {exc}", file=sys.stderr)
+        return 5
     except ConfigError as exc:
         print(f"hpcsera-agent: config: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-import time
+import uuid
 from typing import Any
 
 import requests
@@ -34,6 +34,9 @@ class Client:
             "User-Agent": f"hpcsera-agent/{__version__}",
         }
         self._timeout = timeout
+        # New with every agent process: the server leases nothing to the claims
+        # of an earlier process of this agent, e.g. a long-poll it left behind.
+        self.session = uuid.uuid4().hex
         # requests sessions are not safe to share between threads; each thread
         # keeps its own, and so its own kept-alive connection.
         self._local = threading.local()
@@ -78,15 +81,22 @@ class Client:
             "capabilities": capabilities,
             "functions": functions,
             "version": __version__,
+            "session": self.session,
         }
         return self._post("/agents", body, self._timeout)
 
     def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
-        body = {"max": max_calls, "wait": wait}
+        body = {"max": max_calls, "wait": wait, "session": self.session}
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
         # Calls cancelled while this agent holds them (see cancel.py).
         self.last_cancel = list(data.get("cancel", []))
         return list(data.get("calls", []))
+
+    def heartbeat(
+        self, agent_id: str, call_ids: list[str], complete: bool = False
+    ) -> dict[str, Any]:
+        body = {"calls": call_ids, "complete": complete}
+        return self._post(f"/agents/{agent_id}/heartbeat", body, self._timeout)
 
     def report(
         self, agent_id: str, call_id: str, report: dict[str, Any]
@@ -99,31 +109,3 @@ class Client:
 def backoff(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
     """Seconds before try `attempt` (1-based): exponential with full jitter."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))  # noqa: S311
-
-
-def report_until_delivered(
-    client: Client,
-    agent_id: str,
-    call_id: str,
-    report: dict[str, Any],
-    stop: threading.Event,
-    max_attempts: int | None = None,
-) -> dict[str, Any] | None:
-    """Send a report, retrying while the server is unavailable.
-
-    A refusal (the call was cancelled, or already finished) is final and returns
-    None. TODO: reports still unsent when the agent dies are lost; a journal on
-    disk that is replayed at start is what would close that gap.
-    """
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return client.report(agent_id, call_id, report)
-        except Refused:
-            return None
-        except ServerUnavailable:
-            if max_attempts is not None and attempt >= max_attempts:
-                raise
-            # Keep trying through a shutdown too: a result is worth the wait.
-            time.sleep(backoff(attempt, cap=30.0) if not stop.is_set() else 1.0)

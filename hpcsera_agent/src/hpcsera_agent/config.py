@@ -17,7 +17,7 @@ else:  # pragma: no cover - exercised on older cluster Pythons
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
-RUNNERS = ("local", "slurm")
+RUNNERS = ("local", "slurm", "pbs")
 DEFAULT_CONFIG = "~/.config/hpcsera/agent.toml"
 
 
@@ -39,6 +39,19 @@ class SlurmSettings:
     srun: str = "srun"
     sbatch: str = "sbatch"
     sacct: str = "sacct"
+    squeue: str = "squeue"
+    scancel: str = "scancel"
+
+
+@dataclass(frozen=True)
+class PbsSettings:
+    queue: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    poll_seconds: float = 2.0
+    qsub: str = "qsub"
+    qstat: str = "qstat"
+    qselect: str = "qselect"
+    qdel: str = "qdel"
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,14 @@ class Config:
     tail_chars: int = 8192
     functions: dict[str, FunctionSettings] = field(default_factory=dict)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    pbs: PbsSettings = field(default_factory=PbsSettings)
+    # How long a batch job may stay invisible to the scheduler's queries (or in
+    # a state this agent does not know) before its call is reported lost.
+    batch_grace_seconds: float = 300.0
+
+    @property
+    def poll_seconds(self) -> float:
+        return min(self.slurm.poll_seconds, self.pbs.poll_seconds)
 
     def function_settings(self, name: str) -> FunctionSettings:
         return self.functions.get(
@@ -99,6 +120,8 @@ def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
         "tail_chars",
         "functions",
         "slurm",
+        "pbs",
+        "batch_grace_seconds",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -132,6 +155,8 @@ def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
         tail_chars=_int(raw, "tail_chars", 8192, 1, 1024 * 1024),
         functions=_functions(raw.get("functions", {}), default_runner),
         slurm=_slurm(raw.get("slurm", {})),
+        pbs=_pbs(raw.get("pbs", {})),
+        batch_grace_seconds=_float(raw, "batch_grace_seconds", 300.0, 1.0, 86400.0),
     )
 
 
@@ -221,20 +246,37 @@ def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:
 def _slurm(raw: Any) -> SlurmSettings:
     if not isinstance(raw, dict):
         raise ConfigError("[slurm] must be a table")
-    unknown = sorted(
-        set(raw)
-        - {"partition", "extra_args", "poll_seconds", "srun", "sbatch", "sacct"}
-    )
-    if unknown:
-        raise ConfigError(f"[slurm] unknown setting(s): {', '.join(unknown)}")
-    extra = raw.get("extra_args", [])
-    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-        raise ConfigError("[slurm] extra_args must be a list of strings")
+    commands = ("srun", "sbatch", "sacct", "squeue", "scancel")
+    _known(raw, "slurm", {"partition", "extra_args", "poll_seconds", *commands})
     return SlurmSettings(
         partition=raw.get("partition", ""),
-        extra_args=list(extra),
+        extra_args=_extra_args(raw, "slurm"),
         poll_seconds=_float(raw, "poll_seconds", 2.0, 0.1, 600.0),
-        srun=_string(raw, "srun", "srun"),
-        sbatch=_string(raw, "sbatch", "sbatch"),
-        sacct=_string(raw, "sacct", "sacct"),
+        **{name: _string(raw, name, name) for name in commands},
     )
+
+
+def _pbs(raw: Any) -> PbsSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[pbs] must be a table")
+    commands = ("qsub", "qstat", "qselect", "qdel")
+    _known(raw, "pbs", {"queue", "extra_args", "poll_seconds", *commands})
+    return PbsSettings(
+        queue=raw.get("queue", ""),
+        extra_args=_extra_args(raw, "pbs"),
+        poll_seconds=_float(raw, "poll_seconds", 2.0, 0.1, 600.0),
+        **{name: _string(raw, name, name) for name in commands},
+    )
+
+
+def _known(raw: dict[str, Any], table: str, names: set[str]) -> None:
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"[{table}] unknown setting(s): {', '.join(unknown)}")
+
+
+def _extra_args(raw: dict[str, Any], table: str) -> list[str]:
+    extra = raw.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise ConfigError(f"[{table}] extra_args must be a list of strings")
+    return list(extra)

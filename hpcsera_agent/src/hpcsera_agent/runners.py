@@ -68,7 +68,21 @@ class Prepared:
 
     @property
     def job_name(self) -> str:
-        return JOB_NAME_PREFIX + self.call_id
+        return job_name(self.call_id)
+
+
+def job_name(call_id: str) -> str:
+    """The batch job name of a call: how a restarted agent finds its jobs."""
+    return JOB_NAME_PREFIX + call_id
+
+
+def workdir(config: Config, call_id: str) -> Path:
+    return config.state_dir / "calls" / call_id
+
+
+def outputs_of(config: Config, call_id: str) -> Prepared:
+    """Enough of a prepared call to read what its batch job wrote."""
+    return Prepared(call_id, "", [], {}, workdir(config, call_id), None)
 
 
 def find_executable(functions_dir: Path, name: str) -> Path | None:
@@ -91,8 +105,8 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
             f"function {name!r} has no executable in the functions folder "
             f"({config.functions_dir})"
         )
-    workdir = config.state_dir / "calls" / call["id"]
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = workdir(config, call["id"])
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     env = dict(os.environ)
     env.update(
@@ -109,7 +123,7 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
     else:
         env.update({config.env_prefix + key: value for key, value in args.items()})
     if call.get("input") is not None:
-        input_path = workdir / "input.json"
+        input_path = folder / "input.json"
         fd = os.open(input_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(call["input"])
@@ -119,7 +133,7 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
         function=name,
         argv=argv,
         env=env,
-        workdir=workdir,
+        workdir=folder,
         time_limit=call.get("time_limit_seconds"),
     )
 
@@ -156,12 +170,14 @@ def terminate(call_id: str) -> bool:
     return True
 
 
-def _popen(argv: list[str], prepared: Prepared) -> subprocess.Popen:
+def _popen(
+    argv: list[str], prepared: Prepared, on_start: Callable[[int], None] | None
+) -> subprocess.Popen:
     with (
         open(prepared.stdout_path, "wb") as out,
         open(prepared.stderr_path, "wb") as err,
     ):
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             cwd=prepared.workdir,
             env=prepared.env,
@@ -170,6 +186,29 @@ def _popen(argv: list[str], prepared: Prepared) -> subprocess.Popen:
             stderr=err,
             start_new_session=True,  # its own process group, so a limit kills all of it
         )
+    if on_start is not None:
+        on_start(process.pid)
+    return process
+
+
+def kill_orphan(pid: int, call_id: str) -> bool:
+    """Kill the process group a killed agent left running for `call_id`.
+
+    The pid is trusted only when the process still carries the call's id in
+    its environment, so a recycled pid of something else is left alone.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
+    except OSError:
+        return False
+    if f"HPCSERA_CALL_ID={call_id}".encode() not in environ:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _wait(
@@ -217,10 +256,13 @@ def _outcome(
 
 
 def run_local(
-    prepared: Prepared, config: Config, on_running: Callable[[], None]
+    prepared: Prepared,
+    config: Config,
+    on_running: Callable[[], None],
+    on_start: Callable[[int], None] | None = None,
 ) -> Outcome:
     try:
-        process = _popen(prepared.argv, prepared)
+        process = _popen(prepared.argv, prepared, on_start)
     except OSError as exc:
         return Outcome("failed", None, f"could not start the function: {exc.strerror}")
     RUNNING[prepared.call_id] = process
@@ -242,11 +284,14 @@ def slurm_options(prepared: Prepared, config: Config) -> list[str]:
 
 
 def run_srun(
-    prepared: Prepared, config: Config, on_running: Callable[[], None]
+    prepared: Prepared,
+    config: Config,
+    on_running: Callable[[], None],
+    on_start: Callable[[int], None] | None = None,
 ) -> Outcome:
     argv = [config.slurm.srun, *slurm_options(prepared, config), *prepared.argv]
     try:
-        process = _popen(argv, prepared)
+        process = _popen(argv, prepared, on_start)
     except OSError as exc:
         return Outcome("failed", None, f"could not start srun: {exc.strerror}")
     status = _wait(process, None, on_running)

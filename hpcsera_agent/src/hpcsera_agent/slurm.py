@@ -1,15 +1,21 @@
-"""Submitting calls with `sbatch` and following them with one `sacct` per cycle."""
+"""Slurm: submit with `sbatch`, follow with one `sacct` per cycle, find by name.
+
+The accounting (`sacct`, through slurmdbd) can lag behind the controller, and
+job ids repeat after a cluster is reset. So every row is matched by job id
+*and* job name (`hpcsera-<call id>`), and jobs `sacct` does not show are asked
+of the controller (`squeue`) in the same cycle.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
+from hpcsera_agent import batch
+from hpcsera_agent.batch import BatchState
 from hpcsera_agent.config import Config
 from hpcsera_agent.runners import Prepared, RunError, slurm_options
 
@@ -18,8 +24,9 @@ logger = logging.getLogger(__name__)
 # sbatch needs a script; this one only replaces itself with its arguments.
 # "$@" is expanded as a list, never re-parsed, so no argument is shell syntax.
 LAUNCHER = '#!/bin/sh\nexec "$@"\n'
-COMMAND_TIMEOUT = 60
+SEARCH_BACK = "now-30days"
 
+# Full names (sacct, squeue %T) and the short forms squeue prints with %t.
 ACTIVE = frozenset(
     {
         "PENDING",
@@ -35,9 +42,24 @@ ACTIVE = frozenset(
         "REQUEUE_FED",
         "RESV_DEL_HOLD",
         "STOPPED",
+        "SPECIAL_EXIT",
+        "PD",
+        "R",
+        "RQ",
+        "RS",
+        "S",
+        "CF",
+        "CG",
+        "SI",
+        "SO",
+        "RH",
+        "RF",
+        "RD",
+        "ST",
+        "SE",
     }
 )
-FAILURE_REASONS = {
+FAILURES = {
     "FAILED": "the job failed",
     "TIMEOUT": "the batch system stopped the job at its time limit (TIMEOUT)",
     "CANCELLED": "the job was cancelled in the batch system (CANCELLED)",
@@ -46,34 +68,47 @@ FAILURE_REASONS = {
     "PREEMPTED": "the job was preempted (PREEMPTED)",
     "BOOT_FAIL": "a node of the job failed to boot (BOOT_FAIL)",
     "DEADLINE": "the job missed its deadline (DEADLINE)",
+    "REVOKED": "the job was revoked in a federation (REVOKED)",
+}
+SHORT = {
+    "CD": "COMPLETED",
+    "F": "FAILED",
+    "TO": "TIMEOUT",
+    "CA": "CANCELLED",
+    "OOM": "OUT_OF_MEMORY",
+    "NF": "NODE_FAIL",
+    "PR": "PREEMPTED",
+    "BF": "BOOT_FAIL",
+    "DL": "DEADLINE",
+    "RV": "REVOKED",
 }
 
 
-@dataclass(frozen=True)
-class BatchState:
-    state: str  # the scheduler's word, e.g. COMPLETED
-    exit_code: int | None
-    signal: int
-
-    @property
-    def terminal(self) -> bool:
-        return self.state not in ACTIVE
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state == "COMPLETED" and self.exit_code == 0
-
-    def reason(self) -> str:
-        if self.succeeded:
-            return ""
-        if self.state == "FAILED" or self.state == "COMPLETED":
-            detail = f"exited with code {self.exit_code}"
-            if self.signal:
-                detail += f" (signal {self.signal})"
-            return detail
-        return FAILURE_REASONS.get(
-            self.state, f"the batch system reports the unknown state {self.state}"
-        )
+def batch_state(raw_state: str, raw_exit: str = "") -> BatchState:
+    """Map one state column (`CANCELLED by 1000`, `COMPLETED+`, `TO`) and its
+    `code:signal` exit column; a state not listed here is UNKNOWN, never success.
+    """
+    words = raw_state.split()
+    state = (words[0] if words else "").rstrip("+").upper()
+    state = SHORT.get(state, state)
+    code, sig = parse_exit_code(raw_exit)
+    exit_code = None if code is None else batch.signal_exit(code, sig)
+    if state in ACTIVE:
+        return BatchState(state, batch.ACTIVE, exit_code)
+    if state == "COMPLETED" and code == 0 and not sig:
+        return BatchState(state, batch.SUCCEEDED, 0)
+    if state in ("COMPLETED", "FAILED"):
+        detail = f"exited with code {code}"
+        if sig:
+            detail += f" (signal {sig})"
+        return BatchState(state, batch.FAILED, exit_code, detail)
+    if state in FAILURES:
+        detail = FAILURES[state]
+        if state == "CANCELLED" and len(words) == 3 and words[1] == "by":
+            who = f"by uid {words[2]}"
+            detail = f"the job was cancelled in the batch system {who} (CANCELLED)"
+        return BatchState(state, batch.FAILED, exit_code, detail)
+    return BatchState(state or "EMPTY", batch.UNKNOWN, exit_code)
 
 
 def launcher_path(config: Config) -> Path:
@@ -85,7 +120,7 @@ def launcher_path(config: Config) -> Path:
     return path
 
 
-def submit(prepared: Prepared, config: Config) -> str:
+def submit(prepared: Prepared, config: Config, keep_fds: Sequence[int] = ()) -> str:
     argv = [
         config.slurm.sbatch,
         "--parsable",
@@ -96,86 +131,134 @@ def submit(prepared: Prepared, config: Config) -> str:
         str(launcher_path(config)),
         *prepared.argv,
     ]
-    try:
-        done = subprocess.run(
-            argv,
-            env=prepared.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RunError(f"sbatch could not be run: {exc}")
-    if done.returncode != 0:
-        message = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RunError(f"sbatch refused the job: {message}")
-    job_id = parse_sbatch(done.stdout)
+    output = batch.run(argv, keep_fds, env=prepared.env)
+    job_id = parse_sbatch(output)
     if job_id is None:
         raise RunError("sbatch printed no job id")
     return job_id
 
 
 def parse_sbatch(output: str) -> str | None:
-    """The job id from `sbatch --parsable` output (`id` or `id;cluster`).
+    """The job id from `sbatch` output: `id`, `id;cluster` (--parsable) or
+    `Submitted batch job id [on cluster c]`.
 
-    Sites print notices before the id line, so the last line that starts with
-    a number is taken.
+    Sites print notices before the id line, so the last line that holds an id
+    in one of these forms is taken.
     """
     for line in reversed(output.strip().splitlines()):
-        match = re.match(r"\s*(\d+)(?:;\S+)?\s*$", line)
+        match = re.match(r"\s*(\d+)(?:;\S+)?\s*$", line) or re.match(
+            r"\s*Submitted batch job (\d+)(?: on cluster \S+)?\s*$", line
+        )
         if match:
             return match.group(1)
     return None
 
 
 def parse_exit_code(raw: str) -> tuple:
-    code, _, sig = raw.partition(":")
+    """`code:signal` as two numbers; (None, 0) when it is not that."""
+    code, _, sig = raw.strip().partition(":")
     try:
         return int(code), int(sig or 0)
     except ValueError:
         return None, 0
 
 
-def query(job_ids: Iterable[str], config: Config) -> dict[str, BatchState]:
-    """The states of all `job_ids` in one sacct run; jobs sacct omits are absent."""
-    ids = sorted(set(job_ids))
-    if not ids:
+def _env() -> dict[str, str]:
+    return dict(os.environ, SLURM_TIME_FORMAT="standard")
+
+
+def query(jobs: dict[str, str], config: Config) -> dict[str, BatchState]:
+    """States of `jobs` ({id: name}): one sacct for all, squeue for the rest."""
+    if not jobs:
         return {}
-    argv = [
-        config.slurm.sacct,
-        "-X",
-        "-n",
-        "-P",
-        "-j",
-        ",".join(ids),
-        "-o",
-        "JobIDRaw,State,ExitCode",
-    ]
-    env = dict(os.environ, SLURM_TIME_FORMAT="standard")
-    done = subprocess.run(
-        argv,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
-    if done.returncode != 0:
-        message = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RunError(f"sacct failed: {message}")
-    return parse_sacct(done.stdout)
+    try:
+        states = parse_sacct(_sacct(["-j", ",".join(sorted(jobs))], config), jobs)
+    except RunError as exc:
+        # Accounting down says nothing about the jobs: ask the controller.
+        logger.error("sacct failed (%s); asking squeue instead", exc)
+        states = {}
+    missing = {i: n for i, n in jobs.items() if i not in states}
+    if missing:
+        try:
+            live = parse_squeue(_squeue(["-j", ",".join(sorted(missing))], config))
+        except RunError as exc:
+            if not states:
+                raise
+            logger.info("squeue for jobs sacct lacks failed: %s", exc)
+            live = {}
+        states.update(_only_active(live, missing))
+    return states
 
 
-def parse_sacct(output: str) -> dict[str, BatchState]:
+def _only_active(
+    live: dict[str, tuple[str, BatchState]], jobs: dict[str, str]
+) -> dict[str, BatchState]:
+    # squeue has no exit codes: it may keep a job alive, only sacct ends it.
+    return {
+        job_id: state
+        for job_id, (name, state) in live.items()
+        if jobs.get(job_id) == name and state.kind == batch.ACTIVE
+    }
+
+
+def find(name: str, config: Config) -> str | None:
+    """The newest job called `name`, known to the controller or accounting."""
+    found = [int(i) for i, (n, _) in parse_squeue(_squeue([], config, name)).items()]
+    try:
+        rows = _sacct(["--name", name, "-S", SEARCH_BACK], config)
+        found += [int(i) for i in parse_sacct(rows, None, name)]
+    except RunError as exc:
+        logger.error("sacct failed looking for %s: %s", name, exc)
+    return str(max(found)) if found else None
+
+
+def cancel(job_id: str, config: Config) -> None:
+    batch.run([config.slurm.scancel, job_id])
+
+
+def _sacct(selection: list[str], config: Config) -> str:
+    argv = [config.slurm.sacct, "-X", "-n", "-P", *selection]
+    argv += ["-o", "JobIDRaw,JobName,State,ExitCode"]
+    return batch.run(argv, env=_env())
+
+
+def _squeue(selection: list[str], config: Config, name: str = "") -> str:
+    argv = [config.slurm.squeue, "-h", "-t", "all", *selection, "-o", "%i|%j|%T"]
+    if name:
+        argv.append(f"--name={name}")
+    return batch.run(argv, env=_env())
+
+
+def parse_sacct(
+    output: str, names: dict[str, str] | None = None, name: str = ""
+) -> dict[str, BatchState]:
+    """Rows of `JobIDRaw|JobName|State|ExitCode` (or without JobName).
+
+    With `names` ({id: name}) or `name`, a row counts only when its name
+    matches: after a cluster reset an old job with the same id is listed too.
+    Later rows win, as sacct lists the newest last.
+    """
     states = {}
     for line in output.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 3 or not parts[0]:
+        if len(parts) == 3:
+            parts = [parts[0], "", parts[1], parts[2]]
+        if len(parts) < 4 or not parts[0]:
             continue
-        job_id = parts[0]
-        state = parts[1].split()[0] if parts[1].split() else "UNKNOWN"
-        state = state.rstrip("+")
-        code, sig = parse_exit_code(parts[2])
-        states[job_id] = BatchState(state=state, exit_code=code, signal=sig)
+        job_id, job_name, raw_state, raw_exit = parts[:4]
+        if names is not None and names.get(job_id) != job_name:
+            continue
+        if name and job_name != name:
+            continue
+        states[job_id] = batch_state(raw_state, raw_exit)
     return states
+
+
+def parse_squeue(output: str) -> dict[str, tuple[str, BatchState]]:
+    """Rows of `%i|%j|%T`: {id: (name, state)}."""
+    jobs = {}
+    for line in output.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0]:
+            jobs[parts[0]] = (parts[1], batch_state(parts[2]))
+    return jobs
