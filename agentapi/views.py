@@ -111,6 +111,10 @@ class AgentHeartbeatView(APIView):
 
     required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
 
+    @extend_schema(
+        request=serializers.Heartbeat,
+        responses={200: openapi.HeartbeatAnswer, **openapi.errors(400, 404)},
+    )
     def post(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
         data = serializers.Heartbeat(data=request.data)

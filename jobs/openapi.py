@@ -154,3 +154,34 @@ FAAS_HEADERS = [
         description="wall-clock limit in seconds",
     ),
 ]
+
+
+class AgentFunction(serializers.Serializer):
+    name = serializers.CharField()
+    runner = serializers.CharField()
+    idempotent = serializers.BooleanField()
+
+
+class AgentDetail(serializers.Serializer):
+    id = serializers.UUIDField()
+    site = serializers.CharField()
+    tag = serializers.CharField()
+    capabilities = serializers.ListField(child=serializers.CharField())
+    version = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+    seconds_since_seen = serializers.FloatField()
+    alive = serializers.BooleanField()
+    calls_held = serializers.IntegerField(allow_null=True)
+    functions = AgentFunction(many=True)
+    url = serializers.CharField()
+
+
+class AgentList(serializers.Serializer):
+    agents = AgentDetail(many=True)
+
+
+class HeartbeatAnswer(serializers.Serializer):
+    lease_expires_at = serializers.DateTimeField()
+    lease_seconds = serializers.IntegerField()
+    released = serializers.ListField(child=serializers.UUIDField())

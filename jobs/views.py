@@ -346,6 +346,7 @@ class AgentListView(APIView):
 
     required_roles = {"GET": {roles.GET_JOB_STATUS}}
 
+    @extend_schema(operation_id="agent_list", responses={200: openapi.AgentList})
     def get(self, request: Request) -> Response:
         agents = selectors.agents_with_load(token=request.auth)
         now = timezone.now()
@@ -356,6 +357,10 @@ class AgentListView(APIView):
 class AgentDetailView(APIView):
     required_roles = {"GET": {roles.GET_JOB_STATUS}}
 
+    @extend_schema(
+        operation_id="agent_detail",
+        responses={200: openapi.AgentDetail, **openapi.errors(404)},
+    )
     def get(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agents_with_load(token=request.auth).filter(
             id=selectors.parse_uuid(agent_id)
