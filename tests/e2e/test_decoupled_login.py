@@ -40,10 +40,8 @@ def test_an_agent_logs_in_by_the_users_approval_and_serves_calls(
     assert "BEGIN PUBLIC KEY" in init.stdout
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
 
+    log_in(page, server)
     page.goto(server.url + "/ui/clients")
-    if "/ui/login" in page.url:
-        log_in(page, server)
-        page.goto(server.url + "/ui/clients")
     page.fill("input[name=name]", "laptop agent")
     page.fill("textarea[name=public_key]", init.stdout)
     page.click("#new-client-form button[type=submit]")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+from pathlib import Path
 
-from hpcsera_agent import __version__
+from hpcsera_agent import __version__, renewal
 from hpcsera_agent.client import Refused, ServerUnavailable
-from hpcsera_agent.config import ConfigError, load
+from hpcsera_agent.config import Config, ConfigError, load
+from hpcsera_agent.login import Login, LoginError, make_key_pair, run_login
 from hpcsera_agent.service import Agent, AlreadyRunning
+
+DEFAULT_KEY = "~/.config/hpcsera/agent.key"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="serve calls until stopped (SIGTERM or Ctrl-C)")
     sub.add_parser("once", help="serve the calls ready now, wait for them, exit")
     sub.add_parser("check", help="validate the config and list the functions offered")
+    init = sub.add_parser("init", help="make a key pair and print the public key")
+    init.add_argument(
+        "--key",
+        help="where the private key goes (default: the "
+        "config's [login] key_file, or ~/.config/hpcsera/agent.key)",
+    )
+    sub.add_parser("login", help="get a token by the user's approval ([login])")
     return parser
 
 
@@ -48,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        if args.command == "init":
+            return _init(args)
+        if args.command == "login":
+            return _login(load(args.config, require_token=False))
         config = load(args.config)
         agent = Agent(config)
         if args.command == "check":
@@ -56,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         agent.take_state_folder()
         _install_signal_handlers(agent)
+        if args.command == "run":
+            renewal.start_renewal(agent, config)
         if args.command == "once":
             agent.run_once()
         else:
@@ -77,6 +96,43 @@ def main(argv: list[str] | None = None) -> int:
     except ServerUnavailable as exc:
         print(f"hpcsera-agent: server unavailable: {exc}", file=sys.stderr)
         return 4
+    except LoginError as exc:
+        print(f"hpcsera-agent: login failed: {exc}", file=sys.stderr)
+        return 6
+
+
+def _init(args: argparse.Namespace) -> int:
+    key = args.key
+    if key is None:
+        try:
+            config = load(args.config, require_token=False)
+            key = config.login.key_file if config.login else None
+        except ConfigError:
+            key = None
+    path = Path(os.path.expanduser(str(key or DEFAULT_KEY)))
+    print(make_key_pair(path), end="")
+    print(
+        f"# private key: {path} (mode 0600); paste the public key above into "
+        "the web UI under Clients",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _login(config: Config) -> int:
+    if config.login is None or config.token_file is None:
+        raise ConfigError("login needs a [login] table and token_file")
+    settings = config.login
+    run_login(
+        Login(config.server, settings.client_id, settings.key_file),
+        settings.user,
+        settings.roles,
+        settings.tag,
+        config.token_file,
+        threading.Event(),
+        lambda line: print(line, flush=True),
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import uuid
@@ -30,9 +31,10 @@ class Client:
     def __init__(self, server: str, token: str, timeout: float = 30.0):
         self._base = server.rstrip("/") + "/api/agent/v1"
         self._headers = {
-            "Authorization": f"Bearer {token}",
             "User-Agent": f"hpcsera-agent/{__version__}",
+            "Content-Type": "application/json",
         }
+        self._authorization = f"Bearer {token}"
         self._timeout = timeout
         # New with every agent process: the server leases nothing to the claims
         # of an earlier process of this agent, e.g. a long-poll it left behind.
@@ -41,6 +43,10 @@ class Client:
         # keeps its own, and so its own kept-alive connection.
         self._local = threading.local()
         self.last_cancel: list[dict[str, Any]] = []
+
+    def set_token(self, token: str) -> None:
+        """Use `token` from the next request on (after a renewed login)."""
+        self._authorization = f"Bearer {token}"
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -52,8 +58,13 @@ class Client:
 
     def _post(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
+            # Output is sent as UTF-8 as it is: escaping every non-ASCII
+            # character would make a report up to six times larger.
             response = self._session().post(
-                self._base + path, json=body, timeout=timeout
+                self._base + path,
+                data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                headers={"Authorization": self._authorization},
+                timeout=timeout,
             )
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{type(exc).__name__} talking to the server")

@@ -55,6 +55,17 @@ class PbsSettings:
 
 
 @dataclass(frozen=True)
+class LoginSettings:
+    """What `hpcsera-agent login` asks for, as the client the user registered."""
+
+    client_id: str
+    key_file: Path
+    user: str
+    roles: str
+    tag: str = "default"
+
+
+@dataclass(frozen=True)
 class Config:
     server: str
     token: str
@@ -74,6 +85,8 @@ class Config:
     # How long a batch job may stay invisible to the scheduler's queries (or in
     # a state this agent does not know) before its call is reported lost.
     batch_grace_seconds: float = 300.0
+    token_file: Path | None = None
+    login: LoginSettings | None = None
 
     @property
     def poll_seconds(self) -> float:
@@ -85,7 +98,7 @@ class Config:
         )
 
 
-def load(path: str | None) -> Config:
+def load(path: str | None, require_token: bool = True) -> Config:
     target = Path(
         os.path.expanduser(
             path or os.environ.get("HPCSERA_AGENT_CONFIG", "") or DEFAULT_CONFIG
@@ -100,10 +113,12 @@ def load(path: str | None) -> Config:
         raise ConfigError(f"config file {target} cannot be read: {exc.strerror}")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {target} is not valid TOML: {exc}")
-    return parse(raw, base=target.parent)
+    return parse(raw, base=target.parent, require_token=require_token)
 
 
-def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
+def parse(
+    raw: dict[str, Any], base: Path = Path("."), require_token: bool = True
+) -> Config:
     known = {
         "server",
         "token",
@@ -122,15 +137,16 @@ def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
         "slurm",
         "pbs",
         "batch_grace_seconds",
+        "login",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
 
     server = _string(raw, "server").rstrip("/")
-    if not re.match(r"https?://", server):
+    if not re.fullmatch(r"https?://[^\s]+", server):
         raise ConfigError("server must be an http:// or https:// URL")
-    token = _token(raw, base)
+    token = _token(raw, base, require_token)
     site = _string(raw, "site", "default")
     if not SITE_NAME.fullmatch(site):
         raise ConfigError("site is 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
@@ -157,6 +173,8 @@ def parse(raw: dict[str, Any], base: Path = Path(".")) -> Config:
         slurm=_slurm(raw.get("slurm", {})),
         pbs=_pbs(raw.get("pbs", {})),
         batch_grace_seconds=_float(raw, "batch_grace_seconds", 300.0, 1.0, 86400.0),
+        token_file=_path(raw, "token_file", "", base) if "token_file" in raw else None,
+        login=_login(raw.get("login"), base),
     )
 
 
@@ -203,22 +221,47 @@ def _path(raw: dict[str, Any], key: str, default: str, base: Path) -> Path:
     return value if value.is_absolute() else (base / value).resolve()
 
 
-def _token(raw: dict[str, Any], base: Path) -> str:
+def _token(raw: dict[str, Any], base: Path, required: bool = True) -> str:
     if "token" in raw and "token_file" in raw:
         raise ConfigError("set only one of token and token_file")
     if "token_file" in raw:
         path = _path(raw, "token_file", "", base)
         try:
             token = path.read_text().strip()
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(
+                    f"token_file {path} does not exist (hpcsera-agent login makes it)"
+                )
+            token = ""
         except OSError as exc:
             raise ConfigError(f"token_file {path} cannot be read: {exc.strerror}")
     else:
         token = os.environ.get("HPCSERA_TOKEN") or raw.get("token", "")
         if not isinstance(token, str):
             raise ConfigError("token must be a string")
-    if not token:
+    if not token and required:
         raise ConfigError("a token is required (token, token_file or HPCSERA_TOKEN)")
+    if any(c in token for c in "\r\n\t "):
+        raise ConfigError("the token contains white space or line breaks")
     return token
+
+
+def _login(raw: Any, base: Path) -> LoginSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("[login] must be a table")
+    unknown = sorted(set(raw) - {"client_id", "key_file", "user", "roles", "tag"})
+    if unknown:
+        raise ConfigError(f"[login] unknown setting(s): {', '.join(unknown)}")
+    return LoginSettings(
+        client_id=_string(raw, "client_id"),
+        key_file=_path(raw, "key_file", "~/.config/hpcsera/agent.key", base),
+        user=_string(raw, "user"),
+        roles=_string(raw, "roles", "GET_Job UPDATE_JobStatus"),
+        tag=_string(raw, "tag", "default"),
+    )
 
 
 def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:
