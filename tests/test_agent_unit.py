@@ -222,12 +222,31 @@ def test_a_directory_function_runs_its_run_file(tmp_path):
     assert outcome.stdout == "from-dir\n"
 
 
-def test_large_output_keeps_its_tail_and_says_it_was_cut(tmp_path):
+def test_large_output_keeps_its_beginning_and_says_it_was_cut(tmp_path):
     make_function(tmp_path, "big", "#!/bin/sh\nseq 1 100000\n")
     cfg = config(tmp_path, max_output_bytes=1000)
     outcome = runners.run_local(runners.prepare(cfg, call("big")), cfg, lambda: None)
     assert outcome.stdout_truncated and len(outcome.stdout) == 1000
-    assert outcome.stdout.endswith("100000\n")
+    assert outcome.stdout.startswith("1\n2\n3\n")
+
+
+def test_the_agents_token_is_not_in_the_functions_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCSERA_TOKEN", "hpcsera_secret_of_the_agent")
+    make_function(tmp_path, "f", "#!/bin/sh\nenv\n")
+    cfg = config(tmp_path)
+    outcome = runners.run_local(runners.prepare(cfg, call("f")), cfg, lambda: None)
+    assert "hpcsera_secret_of_the_agent" not in outcome.stdout
+    assert "HPCSERA_CALL_ID=c1" in outcome.stdout
+
+
+def test_a_function_flooding_its_output_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(runners, "OUTPUT_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(runners, "output_file_limit", lambda config: 1_000_000)
+    make_function(tmp_path, "flood", "#!/bin/sh\nyes flood 1>&2\n")
+    cfg = config(tmp_path)
+    outcome = runners.run_local(runners.prepare(cfg, call("flood")), cfg, lambda: None)
+    assert outcome.state == "failed" and "wrote more than" in outcome.reason
+    assert outcome.stderr_tail.endswith("flood\n")
 
 
 def test_a_local_process_is_killed_at_its_wall_clock_limit(tmp_path):

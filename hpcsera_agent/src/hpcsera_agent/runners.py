@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -108,7 +109,7 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
     folder = workdir(config, call["id"])
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    env = dict(os.environ)
+    env = function_environment()
     env.update(
         {
             "HPCSERA_CALL_ID": call["id"],
@@ -138,18 +139,28 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
     )
 
 
+# The agent's own secrets and settings are not the function's business: a
+# function could otherwise hand the agent's token to whoever called it.
+PRIVATE_VARIABLES = ("HPCSERA_TOKEN", "HPCSERA_AGENT_CONFIG")
+
+
+def function_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
+
+
 def read_outputs(prepared: Prepared, config: Config) -> tuple[str, bool, str]:
+    """stdout's beginning (its result), and the tail of stderr (its last words)."""
     stdout, truncated = _read_capped(prepared.stdout_path, config.max_output_bytes)
-    stderr, _ = _read_capped(prepared.stderr_path, config.tail_chars * 4)
+    stderr, _ = _read_capped(prepared.stderr_path, config.tail_chars * 4, from_end=True)
     return stdout, truncated, stderr[-config.tail_chars :]
 
 
-def _read_capped(path: Path, limit: int) -> tuple[str, bool]:
-    """The file's text, or its last `limit` bytes when it is larger."""
+def _read_capped(path: Path, limit: int, from_end: bool = False) -> tuple[str, bool]:
+    """At most `limit` bytes of the file's text, from its start or its end."""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            if size > limit:
+            if size > limit and from_end:
                 handle.seek(size - limit)
             data = handle.read(limit)
     except FileNotFoundError:
@@ -212,20 +223,65 @@ def kill_orphan(pid: int, call_id: str) -> bool:
 
 
 def _wait(
-    process: subprocess.Popen, limit: int | None, on_running: Callable[[], None]
+    process: subprocess.Popen,
+    limit: int | None,
+    on_running: Callable[[], None],
+    outputs: tuple[Path, ...] = (),
+    max_file_bytes: int | None = None,
 ) -> int | None:
-    """The exit status, or None when the wall-clock limit ended the process."""
+    """The exit status, or None when the wall-clock limit ended the process.
+
+    Every few seconds the output files are measured: a process that writes
+    more than `max_file_bytes` to one is stopped (exit 153, as SIGXFSZ would
+    give), so a runaway `yes` cannot fill the disk.
+    """
     try:
         return process.wait(timeout=min(RUNNING_REPORT_AFTER, limit or math.inf))
     except subprocess.TimeoutExpired:
         pass
     on_running()
-    remaining = None if limit is None else max(limit - RUNNING_REPORT_AFTER, 0)
-    try:
-        return process.wait(timeout=remaining)
-    except subprocess.TimeoutExpired:
-        _kill_group(process)
-        return None
+    deadline = (
+        None if limit is None else time.monotonic() + limit - RUNNING_REPORT_AFTER
+    )
+    while True:
+        step = OUTPUT_CHECK_SECONDS
+        if deadline is not None:
+            step = min(step, max(deadline - time.monotonic(), 0))
+        try:
+            return process.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            pass
+        if max_file_bytes and _too_large(outputs, max_file_bytes):
+            _kill_group(process)
+            return OUTPUT_LIMIT_STATUS
+        if deadline is not None and time.monotonic() >= deadline:
+            _kill_group(process)
+            return None
+
+
+OUTPUT_CHECK_SECONDS = 2.0
+
+
+def output_file_limit(config: Config) -> int:
+    """How much a function may print before it is stopped (1 GiB by default).
+
+    TODO: batch jobs write their output through the scheduler and are not
+    measured; a site should rely on its quotas there.
+    """
+    return max(config.max_output_bytes * 1024, 64 * 1024 * 1024)
+
+
+OUTPUT_LIMIT_STATUS = 128 + signal.SIGXFSZ
+
+
+def _too_large(paths: tuple[Path, ...], limit: int) -> bool:
+    for path in paths:
+        try:
+            if path.stat().st_size > limit:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -245,6 +301,12 @@ def _outcome(
     stdout, truncated, stderr = read_outputs(prepared, config)
     if status is None:
         return Outcome("failed", None, limit_reason, stdout, truncated, stderr)
+    if status == OUTPUT_LIMIT_STATUS:
+        reason = (
+            f"stopped: it wrote more than {output_file_limit(config)} bytes to "
+            "stdout or stderr"
+        )
+        return Outcome("failed", status, reason, stdout, truncated, stderr)
     if status == 0:
         return Outcome("succeeded", 0, "", stdout, truncated, stderr)
     if status < 0:
@@ -267,7 +329,13 @@ def run_local(
         return Outcome("failed", None, f"could not start the function: {exc.strerror}")
     RUNNING[prepared.call_id] = process
     try:
-        status = _wait(process, prepared.time_limit, on_running)
+        status = _wait(
+            process,
+            prepared.time_limit,
+            on_running,
+            (prepared.stdout_path, prepared.stderr_path),
+            output_file_limit(config),
+        )
     finally:
         RUNNING.pop(prepared.call_id, None)
     reason = f"stopped at its wall-clock limit of {prepared.time_limit} s"
@@ -294,7 +362,13 @@ def run_srun(
         process = _popen(argv, prepared, on_start)
     except OSError as exc:
         return Outcome("failed", None, f"could not start srun: {exc.strerror}")
-    status = _wait(process, None, on_running)
+    status = _wait(
+        process,
+        None,
+        on_running,
+        (prepared.stdout_path, prepared.stderr_path),
+        output_file_limit(config),
+    )
     outcome = _outcome(status, prepared, config, "")
     if outcome.state == "failed" and "DUE TO TIME LIMIT" in outcome.stderr_tail:
         outcome.reason = "the batch system stopped the step at its time limit (TIMEOUT)"

@@ -91,6 +91,9 @@ class Agent:
         inventory = {}
         if folder.is_dir():
             for entry in sorted(folder.iterdir()):
+                # Hidden files are not offered: editors and tools leave them.
+                if entry.name.startswith("."):
+                    continue
                 if runners.find_executable(folder, entry.name) is None:
                     continue
                 settings = self.config.function_settings(entry.name)
@@ -501,6 +504,13 @@ class Agent:
             self.client.report(self.agent_id, call_id, report)
         except Refused as exc:
             logger.info("%s report %s refused: %s", call_id, report["state"], exc)
+            if exc.status == 400 and report["state"] != "running":
+                # The result itself was refused (too large, malformed): end the
+                # call with the reason rather than leave it waiting for a lease.
+                self._tell(
+                    call_id,
+                    _failed(f"the server refused the result: {exc.detail}"[:2000]),
+                )
         except ServerUnavailable as exc:
             logger.error("%s report not delivered yet: %s", call_id, exc)
             return False
