@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from hpcsera.capabilities import CapabilitiesView
 from jobs.urls import api_urlpatterns, faas_urlpatterns
 
 PUBLIC = {"permission_classes": [AllowAny], "authentication_classes": []}
@@ -27,6 +28,7 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC),
         name="docs",
     ),
+    path("api/v1/capabilities", CapabilitiesView.as_view(), name="capabilities"),
     path("api/v1/", include(api_urlpatterns)),
     path("api/agent/v1/", include("agentapi.urls")),
     *(
