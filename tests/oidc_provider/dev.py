@@ -43,10 +43,20 @@ def main(var: str, rp_url: str, port: str, user: str) -> None:
     client_id, client_secret = "hpcsera-dev", secrets.token_urlsafe(24)
     password = secrets.token_urlsafe(12)
     subprocess.run(
-        [sys.executable, "-m", "tests.oidc_provider.setup",
-         f"{rp_url}/oidc/callback/", client_id, client_secret, f"{user}:{password}"],
-        env={**provider_env, "PATH": "/usr/bin:/bin",
-             "DJANGO_SETTINGS_MODULE": "tests.oidc_provider.settings"},
+        [
+            sys.executable,
+            "-m",
+            "tests.oidc_provider.setup",
+            f"{rp_url}/oidc/callback/",
+            client_id,
+            client_secret,
+            f"{user}:{password}",
+        ],
+        env={
+            **provider_env,
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "tests.oidc_provider.settings",
+        },
         check=True,
     )
     exports = {

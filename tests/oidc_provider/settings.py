@@ -55,8 +55,11 @@ LOGIN_URL = "/accounts/login/"
 OAUTH2_PROVIDER = {
     "OIDC_ENABLED": True,
     "OIDC_RSA_PRIVATE_KEY": os.environ.get("OP_RSA_KEY")
-    or (Path(os.environ["OP_RSA_KEY_FILE"]).read_text()
-        if os.environ.get("OP_RSA_KEY_FILE") else ""),
+    or (
+        Path(os.environ["OP_RSA_KEY_FILE"]).read_text()
+        if os.environ.get("OP_RSA_KEY_FILE")
+        else ""
+    ),
     "OIDC_ISS_ENDPOINT": os.environ.get("OP_ISSUER", ""),
     "PKCE_REQUIRED": False,
     "SCOPES": {
