@@ -201,6 +201,12 @@ class Client:
         response = self._faas("async-function", function, args, input, site, time_limit)
         return self._handle(response.json())
 
+    def get_call(self, call_id: str) -> Call:
+        """A handle on an existing call, e.g. one submitted by another process."""
+        handle = Call(self, call_id, "")
+        handle.job_id = handle.poll().job_id
+        return handle
+
     def call_status(self, call_id: str) -> CallStatus:
         data = self.transport.request("GET", f"/api/v1/calls/{call_id}").json()
         return CallStatus.from_json(data)
