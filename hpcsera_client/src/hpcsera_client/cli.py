@@ -40,6 +40,12 @@ class UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, like every other error of the CLI, instead of the usage.
+        self.exit(USAGE, f"hpcsera: error: {message} (see {self.prog} --help)\n")
+
+
 def _client(args: argparse.Namespace) -> Client:
     settings = resolve(args.server, args.token_file)
     return Client(settings.server, settings.token, timeout=args.http_timeout)
@@ -173,7 +179,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hpcsera",
         description="Call functions on HPC clusters through an HPCSerA server.",
         epilog=__doc__.split("\n", 2)[2],
