@@ -128,7 +128,8 @@ def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> 
         try:
             if requests.get(url, timeout=1).status_code < 500:
                 return True
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            # A server still starting may accept and not answer within 1 s.
             time.sleep(0.1)
     return False
 
