@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def _cpu_seconds(root_pid: int) -> float:
 
 def idle_agents_cpu(
     server: harness.Server, token: str, agents: int, window: float
-) -> tuple[float, int]:
+) -> tuple[float, Counter[int]]:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     ids = []
@@ -91,15 +92,15 @@ def idle_agents_cpu(
         )
         ids.append(answer.json()["agent_id"])
     stop = threading.Event()
-    polls = [0]
+    polls: Counter[int] = Counter()
 
     def long_poll(agent_id: str) -> None:
         own = requests.Session()
         own.headers["Authorization"] = f"Bearer {token}"
         url = f"{server.url}/api/agent/v1/agents/{agent_id}/claim"
         while not stop.is_set():
-            own.post(url, json={"max": 4, "wait": 25}, timeout=60)
-            polls[0] += 1
+            answer = own.post(url, json={"max": 4, "wait": 25}, timeout=60)
+            polls[answer.status_code] += 1
 
     threads = [threading.Thread(target=long_poll, args=(i,)) for i in ids]
     for thread in threads:
@@ -110,7 +111,7 @@ def idle_agents_cpu(
     used = _cpu_seconds(server.process.pid) - before
     share = used / (time.monotonic() - started)
     stop.set()
-    return share, polls[0]
+    return share, polls
 
 
 def main() -> None:
@@ -151,7 +152,8 @@ def main() -> None:
     )
     print(
         f"server CPU, {args.agents} idle long-polling agents: {share * 100:5.2f} % "
-        f"of a core over {args.window:.0f} s, {polls} polls answered (target <= 5 %)"
+        f"of a core over {args.window:.0f} s (target <= 5 %); "
+        f"answers by status: {dict(polls)}"
     )
 
 
