@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: run test lint bench install clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt hpcsera_agent/pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt hpcsera_agent/pyproject.toml hpcsera_client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt

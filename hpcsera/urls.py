@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from consent import views as consent_views
+from hpcsera.capabilities import CapabilitiesView
 from jobs.urls import api_urlpatterns, faas_urlpatterns
 
 PUBLIC = {"permission_classes": [AllowAny], "authentication_classes": []}
@@ -28,6 +29,7 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC),
         name="docs",
     ),
+    path("api/v1/capabilities", CapabilitiesView.as_view(), name="capabilities"),
     path("api/v1/", include(api_urlpatterns)),
     path("oauth/", include("consent.urls")),
     path(

@@ -1,0 +1,39 @@
+"""HPCSerA client SDK: call functions on HPC clusters over REST."""
+
+__version__ = "0.1.0"
+
+from hpcsera_client.client import Call, CallStatus, Client  # noqa: E402
+from hpcsera_client.errors import (  # noqa: E402
+    ApiError,
+    AuthenticationFailed,
+    BadRequest,
+    CallTimeout,
+    Conflict,
+    FunctionFailed,
+    HpcseraError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from hpcsera_client.transport import RetryPolicy  # noqa: E402
+
+__all__ = [
+    "ApiError",
+    "AuthenticationFailed",
+    "BadRequest",
+    "Call",
+    "CallStatus",
+    "CallTimeout",
+    "Client",
+    "Conflict",
+    "FunctionFailed",
+    "HpcseraError",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "TransportError",
+]

@@ -1,0 +1,268 @@
+"""The SDK's entry point: `Client(url, token)`.
+
+client = Client("https://hpcsera.example.org", token)
+client.call("hello", {"name": "Ada"})          # the function's result
+handle = client.submit("simulate", {"steps": "100"})
+handle.wait(timeout=600).output
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import requests
+
+from hpcsera_client.errors import CallTimeout, FunctionFailed
+from hpcsera_client.transport import RetryPolicy, Transport
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
+# Polling starts fast (short functions finish in tens of milliseconds) and
+# slows down to this, so a long batch job costs few requests.
+POLL_MIN, POLL_MAX = 0.05, 2.0
+
+
+@dataclass(frozen=True)
+class CallStatus:
+    """One answer of GET /api/v1/calls/<id>; `raw` holds all of it."""
+
+    id: str
+    job_id: str
+    function: str
+    state: str
+    exit_code: int | None
+    output: Any
+    stdout: str
+    stderr_tail: str
+    reason: str
+    batch_job_id: str | None
+    raw: dict
+
+    @classmethod
+    def from_json(cls, data: dict) -> CallStatus:
+        return cls(
+            id=data["id"],
+            job_id=data["job_id"],
+            function=data["function"],
+            state=data["state"],
+            exit_code=data.get("exit_code"),
+            output=data.get("output"),
+            stdout=data.get("stdout") or "",
+            stderr_tail=data.get("stderr_tail") or "",
+            reason=data.get("reason") or "",
+            batch_job_id=data.get("batch_job_id"),
+            raw=data,
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    def raise_for_state(self) -> None:
+        """FunctionFailed when the call ended in anything but success."""
+        if self.done and not self.succeeded:
+            body = {
+                "code": "function_failed",
+                "detail": self.reason or f"The call ended {self.state}.",
+                **self.raw,
+            }
+            raise FunctionFailed(502, body)
+
+
+class Call:
+    """A submitted call: poll it, wait for it, take its result."""
+
+    def __init__(self, client: Client, call_id: str, job_id: str):
+        self.client = client
+        self.id = call_id
+        self.job_id = job_id
+        self.last: CallStatus | None = None
+
+    def __repr__(self) -> str:
+        state = self.last.state if self.last else "submitted"
+        return f"<Call {self.id} {state}>"
+
+    def poll(self) -> CallStatus:
+        self.last = self.client.call_status(self.id)
+        return self.last
+
+    @property
+    def done(self) -> bool:
+        return (self.last is not None and self.last.done) or self.poll().done
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_change: Callable[[CallStatus], None] | None = None,
+    ) -> CallStatus:
+        """Poll until the call is finished; CallTimeout after `timeout` seconds.
+
+        Returns the final status whatever the outcome; `result()` raises instead.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval, seen = POLL_MIN, None
+        while True:
+            status = self.poll()
+            if on_change and status.state != seen:
+                on_change(status)
+            seen = status.state
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise CallTimeout(
+                    f"call {self.id} still {status.state} after {timeout} s", self.id
+                )
+            self.client.sleep(interval)
+            interval = min(POLL_MAX, interval * 1.5)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The function's output (JSON decoded when it is JSON), or FunctionFailed."""
+        status = self.wait(timeout)
+        status.raise_for_state()
+        return status.output
+
+    # TODO: cancel() needs the server's DELETE_Job cancellation endpoint, which
+    # is being built separately; until it exists a call cannot be cancelled.
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        user: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        session: requests.Session | None = None,
+    ):
+        """`user` is the FaaS namespace; without it, the token's own user is
+        asked of the server (GET /api/v1/capabilities) once, when first needed."""
+        self.transport = Transport(
+            url, token, timeout=timeout, retry=retry, sleep=sleep, session=session
+        )
+        self.sleep = sleep
+        self._user = user
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    @property
+    def user(self) -> str:
+        if self._user is None:
+            self._user = self.capabilities()["token"]["user"]
+        return self._user
+
+    def capabilities(self) -> dict:
+        return self.transport.request("GET", "/api/v1/capabilities").json()
+
+    def call(
+        self,
+        function: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        input: Any = None,  # noqa: A002 - the body is the function's input
+        site: str | None = None,
+        time_limit: int | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run a function and return its result; FunctionFailed when it fails.
+
+        The server holds a sync request up to its wait limit; a call still
+        running then is polled here until it ends or `timeout` passes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        response = self._faas("function", function, args, input, site, time_limit)
+        if response.status_code == 202:
+            handle = self._handle(response.json())
+            remaining = None if deadline is None else deadline - time.monotonic()
+            return handle.result(timeout=remaining)
+        return _result_of(response)
+
+    def submit(
+        self,
+        function: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        input: Any = None,  # noqa: A002
+        site: str | None = None,
+        time_limit: int | None = None,
+    ) -> Call:
+        """Queue a function call and return its handle at once."""
+        response = self._faas("async-function", function, args, input, site, time_limit)
+        return self._handle(response.json())
+
+    def get_call(self, call_id: str) -> Call:
+        """A handle on an existing call, e.g. one submitted by another process."""
+        handle = Call(self, call_id, "")
+        handle.job_id = handle.poll().job_id
+        return handle
+
+    def call_status(self, call_id: str) -> CallStatus:
+        data = self.transport.request("GET", f"/api/v1/calls/{call_id}").json()
+        return CallStatus.from_json(data)
+
+    def job(self, job_id: str) -> dict:
+        return self.transport.request("GET", f"/api/v1/jobs/{job_id}").json()
+
+    def jobs(self, limit: int = 50) -> list[dict]:
+        answer = self.transport.request("GET", "/api/v1/jobs", params={"limit": limit})
+        return answer.json()["jobs"]
+
+    # TODO: submit_job(document) for YAML/JSON job documents with dependencies
+    # needs the server's job-document endpoint, which is being built separately.
+
+    def _handle(self, summary: dict) -> Call:
+        return Call(self, summary["call_id"], summary["job_id"])
+
+    def _faas(
+        self,
+        kind: str,
+        function: str,
+        args: Mapping[str, Any] | None,
+        input: Any,  # noqa: A002
+        site: str | None,
+        time_limit: int | None,
+    ) -> requests.Response:
+        headers = {}
+        if site:
+            headers["X-Hpcsera-Site"] = site
+        if time_limit is not None:
+            headers["X-Hpcsera-Time-Limit"] = str(int(time_limit))
+        data = None
+        if input is not None:
+            data = input if isinstance(input, (bytes, str)) else json.dumps(input)
+            headers["Content-Type"] = "application/json"
+        params = {key: _arg_text(value) for key, value in (args or {}).items()}
+        # A sync request is held by the server up to its wait limit: the read
+        # timeout must outlast it.
+        timeout = max(self.transport.timeout, 120.0) if kind == "function" else None
+        return self.transport.request(
+            "POST",
+            f"/{self.user}/{kind}/{function}",
+            params=params,
+            data=data,
+            headers=headers,
+            timeout=timeout,
+        )
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _result_of(response: requests.Response) -> Any:
+    if response.headers.get("Content-Type", "").startswith("application/json"):
+        return response.json()
+    return response.text
