@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 PREFIX = "hpcsera:"
 
 
+def _prefix() -> str:
+    # Deployments (and test runs) sharing one Redis must not wake each other:
+    # channels carry the database's name.
+    return f"{PREFIX}{settings.DATABASES['default']['NAME']}:"
+
+
 class Waiter:
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -46,6 +52,7 @@ class Waiter:
 class Hub:
     def __init__(self, redis_url: str) -> None:
         self._redis_url = redis_url
+        self._prefix = _prefix()
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Waiter]] = defaultdict(set)
         self._pid = 0
@@ -74,7 +81,7 @@ class Hub:
             self._wake(channel)
             return
         try:
-            self._redis().publish(PREFIX + channel, b"")
+            self._redis().publish(self._prefix + channel, b"")
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail a commit
             logger.error("%s publish failed: %s", channel, exc)
             self._wake(channel)
@@ -127,10 +134,10 @@ class Hub:
             try:
                 client = redis.Redis.from_url(self._redis_url)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(PREFIX + "*")
+                pubsub.psubscribe(self._prefix + "*")
                 delay = 0.1
                 for message in pubsub.listen():
-                    channel = message["channel"].decode()[len(PREFIX) :]
+                    channel = message["channel"].decode()[len(self._prefix) :]
                     self._wake(channel)
             except Exception as exc:  # noqa: BLE001 - keep listening whatever happens
                 logger.error("notify listener lost Redis: %s; retrying", exc)
@@ -151,7 +158,12 @@ def hub() -> Hub:
 
 
 def wait_until(
-    channel: str, check, timeout: float, *, recheck: float = 10.0, on_long_wait=None
+    channel: str,
+    check,
+    timeout: float,
+    *,
+    recheck: float | None = None,
+    on_long_wait=None,
 ):  # noqa: ANN001, ANN201
     """Call `check()` until it returns something truthy or `timeout` passes.
 
@@ -160,6 +172,7 @@ def wait_until(
     time the wait goes past one second, for example to hand back a database
     connection that a long idle wait would otherwise hold.
     """
+    recheck = recheck or settings.HPCSERA["NOTIFY_RECHECK_SECONDS"]
     deadline = time.monotonic() + timeout
     long_wait_at = time.monotonic() + 1.0
     with hub().listen(channel) as waiter:

@@ -104,6 +104,18 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool per server process bounds its connections whatever the number of
+    # threads: waiting requests (long-polls, sync calls) hold none, and the
+    # rest borrow one only while they query.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": env.integer("HPCSERA_DB_POOL_SIZE", 16, minimum=1),
+            "timeout": 20,
+        }
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Several threads write at once (agents reporting, clients submitting):
@@ -154,6 +166,11 @@ HPCSERA = {
     # Longest an agent's claim request is held when there is no work.
     "CLAIM_WAIT_SECONDS": env.number("HPCSERA_CLAIM_WAIT_SECONDS", 25.0, minimum=0.0),
     "CLAIM_MAX_CALLS": env.integer("HPCSERA_CLAIM_MAX_CALLS", 64, minimum=1),
+    # Waiters look at the database again after this long even without a
+    # wake-up: the safety net for a publication lost while Redis reconnected.
+    "NOTIFY_RECHECK_SECONDS": env.number(
+        "HPCSERA_NOTIFY_RECHECK_SECONDS", 30.0, minimum=1.0
+    ),
     # How long a claimed call stays leased to its agent without a report.
     "LEASE_SECONDS": env.integer("HPCSERA_LEASE_SECONDS", 300, minimum=5),
     # Per process, the claim path looks for expired leases at most this often.
