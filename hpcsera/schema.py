@@ -41,8 +41,9 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
                 "web UI or by the decoupled login of a registered client. Its "
                 "roles are the scopes below."
             ),
-            # TODO: the token URL is where the decoupled (CIBA-style) flow will
-            # hand out tokens; until it exists, tokens come from the web UI.
+            # OpenAPI has no flow for the decoupled (CIBA-style) login; its
+            # token endpoint is named here, the rest is in the metadata at
+            # /.well-known/oauth-authorization-server.
             "flows": {
                 "clientCredentials": {
                     "tokenUrl": "/oauth/token",
