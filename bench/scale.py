@@ -78,7 +78,7 @@ def measure(server: harness.Server, token: str, samples: int) -> tuple[float, fl
         started = time.perf_counter()
         answer = session.post(
             f"{server.url}/api/agent/v1/agents/{agent_id}/claim",
-            json={"max": 1, "wait": 0, "session": "bench"},
+            json={"max": 1, "wait": 0},
             timeout=30,
         )
         claim.append((time.perf_counter() - started) * 1000)
