@@ -359,6 +359,7 @@ class Client:
         roles: str,
         tag: str = "default",
         on_code: Callable[[str], None] = print,
+        sleep: Callable[[float], None] = time.sleep,
         **options: Any,
     ) -> Client:
         """A client with a token got by the decoupled login (see `login.py`).
@@ -369,9 +370,10 @@ class Client:
         from hpcsera_client.login import request_token
 
         grant = request_token(
-            server, client_id, key_path, user, roles, tag=tag, on_code=on_code
-        )
-        return cls(server, grant.token, user=user, **options)
+            server, client_id, key_path, user, roles,
+            tag=tag, on_code=on_code, sleep=sleep,
+        )  # fmt: skip
+        return cls(server, grant.token, user=user, sleep=sleep, **options)
 
     def _handle(self, summary: dict) -> Call:
         return Call(self, summary["call_id"], summary["job_id"])

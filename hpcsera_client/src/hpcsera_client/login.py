@@ -158,7 +158,7 @@ def request_token(
         raise _refusal(started)
     on_code(code)
 
-    interval = int(started.get("interval", 5))
+    interval = max(1, int(started.get("interval", 5)))
     left = float(started.get("expires_in", 300))
     poll = {"grant_type": CIBA_GRANT, "auth_req_id": started["auth_req_id"]}
     while left > 0:
