@@ -1,14 +1,15 @@
-"""A workflow-engine step that calls functions with dependencies between them.
+"""A workflow-engine step that runs functions with dependencies between them.
 
     prepare ──> simulate-a ──┐
             └─> simulate-b ──┴─> summarize
 
-Independent calls run at the same time (submitted async); a call starts once
-everything it needs has finished, and gets their results as its JSON input.
+The step submits one job document; the server starts each call once the
+calls it runs `after` have succeeded, and runs independent calls at the same
+time. The step only follows the job and reports as calls finish.
 
-TODO: once the server accepts job documents (one POST with the calls and their
-dependencies), this ordering moves to the server and the step becomes a single
-submission; until then the step orders the calls itself.
+TODO: the server does not hand a call's output to the calls after it (job
+documents carry no data flow yet), so the step collects the simulations'
+results itself once the job has ended instead of `summarize` receiving them.
 """
 
 from __future__ import annotations
@@ -16,54 +17,51 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 
-from hpcsera_client import Call, Client, FunctionFailed
+from hpcsera_client import CallStatus, Client
 
-
-@dataclass
-class Step:
-    function: str
-    args: dict = field(default_factory=dict)
-    needs: list[str] = field(default_factory=list)
-
-
-WORKFLOW = {
-    "prepare": Step("hello", {"name": "workflow"}),
-    "simulate-a": Step("sleeper", {"seconds": "0.3"}, needs=["prepare"]),
-    "simulate-b": Step("sleeper", {"seconds": "0.1"}, needs=["prepare"]),
-    "summarize": Step("echo_input", needs=["simulate-a", "simulate-b"]),
+JOB = {
+    "name": "workflow-step",
+    "calls": [
+        {"name": "prepare", "function": "hello", "args": {"name": "workflow"}},
+        {
+            "name": "simulate-a",
+            "function": "sleeper",
+            "args": {"seconds": "0.3"},
+            "after": ["prepare"],
+        },
+        {
+            "name": "simulate-b",
+            "function": "sleeper",
+            "args": {"seconds": "0.1"},
+            "after": ["prepare"],
+        },
+        {
+            "name": "summarize",
+            "function": "echo_input",
+            "input": {"step": "summarize"},
+            "after": ["simulate-a", "simulate-b"],
+        },
+    ],
 }
+RESULTS_OF = ("simulate-a", "simulate-b")
 
 
-def run(client: Client, workflow: dict[str, Step]) -> dict[str, object]:
-    results: dict[str, object] = {}
-    running: dict[str, Call] = {}
-    while len(results) < len(workflow):
-        for name, step in workflow.items():
-            ready = all(need in results for need in step.needs)
-            if name not in results and name not in running and ready:
-                inputs = {need: results[need] for need in step.needs} or None
-                running[name] = client.submit(step.function, step.args, input=inputs)
-        if not running:
-            raise SystemExit("the workflow has a cycle or an unknown dependency")
-        name, handle = next(iter(running.items()))
-        results[name] = handle.result(timeout=600)
-        del running[name]
-        print(f"{name}: done", flush=True)
-    return results
+def report(status: CallStatus) -> None:
+    if status.done:
+        print(f"{status.name}: {'done' if status.succeeded else status.state}")
 
 
 def main() -> int:
     client = Client(os.environ["HPCSERA_SERVER"], os.environ["HPCSERA_TOKEN"])
-    try:
-        results = run(client, WORKFLOW)
-    except FunctionFailed as failure:
-        print(
-            f"step failed: exit {failure.exit_code}: {failure.detail}", file=sys.stderr
-        )
+    job = client.submit_job(JOB)
+    calls = {status.name: status for status in job.wait(600, on_change=report)}
+    failed = [status for status in calls.values() if not status.succeeded]
+    if failed:
+        for status in failed:
+            print(f"step failed: {status.name}: {status.reason}", file=sys.stderr)
         return 1
-    print(json.dumps(results["summarize"], sort_keys=True))
+    print(json.dumps({name: calls[name].output for name in RESULTS_OF}))
     return 0
 
 

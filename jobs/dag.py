@@ -301,7 +301,12 @@ def job_cancel(*, token: Token, job_id: Any) -> Job:
     now = timezone.now()
     held_by_agents = False
     with transaction.atomic():
-        calls = job.calls.filter(state__in=ALLOWED_FROM[CallState.CANCELLED])
+        # Locked: without it, a call an agent moves on (ready -> leased ->
+        # running) between this read and the conditional update below would
+        # silently stay uncancelled.
+        calls = job.calls.select_for_update().filter(
+            state__in=ALLOWED_FROM[CallState.CANCELLED]
+        )
         for call in calls.only("id", "name", "state"):
             at_agent = call.state in (CallState.LEASED, CallState.RUNNING)
             if FunctionCall.objects.filter(id=call.id, state=call.state).update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,81 @@ def test_jobs_lists_recent_jobs(run, agent):
     job_id = json.loads(run("call", "--async", "hello").stdout)["job_id"]
     done = run("jobs", "--limit", "5")
     assert done.returncode == 0 and job_id in done.stdout
+
+
+DIAMOND = """\
+name: diamond
+calls:
+  - {name: top, function: hello, args: {name: top}}
+  - {name: left, function: sleeper, args: {seconds: "0.2"}, after: [top]}
+  - {name: right, function: hello, args: {name: right}, after: [top]}
+  - {name: bottom, function: echo_input, input: {joined: true},
+     after: [left, right]}
+"""
+
+
+def test_submit_watch_runs_a_diamond_job_and_exits_0(run, agent, api, tmp_path):
+    document = tmp_path / "diamond.yaml"
+    document.write_text(DIAMOND)
+
+    done = run("submit", "--watch", "--timeout", "120", str(document))
+
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[1]
+    job = api.get(f"/api/v1/jobs/{job_id}").json()
+    calls = {call["name"]: call for call in job["calls"]}
+    assert {c["state"] for c in calls.values()} == {"succeeded"}
+    assert calls["bottom"]["after"] == ["left", "right"]
+    assert calls["bottom"]["output"] == {"joined": True}
+    # bottom started only after both sides had finished
+    started = calls["bottom"]["timings"]["started_at"]
+    assert all(
+        calls[s]["timings"]["finished_at"] <= started for s in calls if s != "bottom"
+    )
+
+
+def test_submit_watch_exits_1_when_a_call_fails(run, agent, tmp_path):
+    document = tmp_path / "failing.yaml"
+    document.write_text(
+        "calls:\n  - {name: broken, function: fail3}\n"
+        "  - {name: later, function: hello}\n"
+    )
+
+    done = run("submit", "--watch", "--timeout", "120", str(document))
+
+    assert done.returncode == 1, done.stderr
+    final = {line.split()[2] for line in done.stdout.splitlines()[-2:]}
+    assert final == {"failed", "cancelled"}
+
+
+def running(api, call_id: str) -> dict:  # noqa: ANN001
+    deadline = time.monotonic() + 60
+    while True:
+        status = api.get(f"/api/v1/calls/{call_id}").json()
+        if status["state"] not in ("ready", "leased") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def test_cancel_ends_a_running_job(run, server, agent, api, tmp_path):
+    owner = server.token("alice", "POST_Job,GET_JobStatus,DELETE_Job")
+    document = tmp_path / "long.json"
+    document.write_text(
+        json.dumps({"calls": [{"function": "sleeper", "args": {"seconds": "120"}}]})
+    )
+    submitted = run("submit", str(document), token=owner)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    call_id = json.loads(submitted.stdout)["calls"]["sleeper"]
+    assert running(api, call_id)["state"] == "running"
+
+    done = run("cancel", job_id, token=owner)
+
+    assert done.returncode == 0, done.stderr
+    assert "1/1 cancelled" in done.stdout
+    assert api.get(f"/api/v1/calls/{call_id}").json()["state"] == "cancelled"
+
+
+def test_cancel_without_the_role_exits_3(run, tmp_path):
+    done = run("cancel", "00000000-0000-4000-8000-000000000000")
+    assert "missing_role" in assert_one_line_error(done, 3)

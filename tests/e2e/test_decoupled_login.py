@@ -5,14 +5,19 @@ the token and serves a call with it."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from hpcsera_client import Client
 from tests import harness
 from tests.e2e.conftest import log_in
 
@@ -98,3 +103,49 @@ def test_an_agent_logs_in_by_the_users_approval_and_serves_calls(
         assert answer.status_code == 200 and answer.json()["greeting"]
     finally:
         agent.stop()
+
+
+def test_the_sdk_logs_in_by_the_users_approval(sso, page, tmp_path):
+    server, _ = sso
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = tmp_path / "sdk.key"
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    log_in(page, server)
+    page.goto(server.url + "/ui/clients")
+    page.fill("input[name=name]", "notebook")
+    page.fill("textarea[name=public_key]", public.decode())
+    page.click("#new-client-form button[type=submit]")
+    client_id = page.inner_text("#client-id").strip()
+
+    codes: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def log_in_sdk() -> None:
+        try:
+            outcome["client"] = Client.login(
+                server.url, client_id, key, "alice", "GET_JobStatus POST_Job",
+                tag="notebook", on_code=codes.put,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=log_in_sdk)
+    worker.start()
+    code = codes.get(timeout=30)
+    page.goto(server.url + "/ui/requests")
+    page.locator("form.request", has_text=code).locator("button[value=approve]").click()
+    worker.join(timeout=60)
+
+    assert "error" not in outcome, outcome.get("error")
+    token = outcome["client"].capabilities()["token"]
+    assert (token["user"], token["tag"]) == ("alice", "notebook")
+    assert token["roles"] == ["GET_JobStatus", "POST_Job"]

@@ -6,6 +6,7 @@ import pytest
 
 from hpcsera_client import (
     AuthenticationFailed,
+    BadRequest,
     CallTimeout,
     Client,
     FunctionFailed,
@@ -105,3 +106,61 @@ def test_another_users_call_is_not_found(server, sdk, agent):
     bob = Client(server.url, server.token("bob", "POST_Job,GET_JobStatus"))
     with pytest.raises(NotFound):
         bob.call_status(handle.id)
+
+
+@pytest.fixture(scope="module")
+def owner(server) -> Client:  # noqa: ANN001
+    roles = "POST_Job,GET_JobStatus,UPDATE_JobStatus,DELETE_Job"
+    return Client(server.url, server.token("alice", roles))
+
+
+def test_a_job_runs_after_its_virtual_call_is_finished_by_rest(owner, agent):
+    job = owner.submit_job(
+        {
+            "name": "gated",
+            "calls": [
+                {"name": "approval", "virtual": {"deadline_seconds": 600}},
+                {"name": "greet", "function": "hello", "args": {"name": "gate"}},
+            ],
+        }
+    )
+    assert [s.state for s in job.calls()] == ["ready", "pending"]
+
+    owner.finish(job.call("approval").id, True, "approved by bob")
+    final = {status.name: status for status in job.wait(timeout=60)}
+
+    assert final["approval"].succeeded
+    assert final["greet"].output["greeting"] == "Hello, gate"
+    assert job.succeeded
+
+
+def test_a_failed_virtual_call_cancels_what_runs_after_it(owner):
+    job = owner.submit_job(
+        {
+            "calls": [
+                {"name": "gate", "virtual": {"deadline_seconds": 60}},
+                {"function": "hello"},
+            ]
+        }
+    )
+    owner.finish(job.call("gate").id, False, "refused by bob")
+    gate, greet = job.wait(timeout=60)
+    assert (gate.state, gate.reason) == ("failed", "refused by bob")
+    assert greet.state == "cancelled" and "gate" in greet.reason
+
+
+def test_cancelling_a_call_cancels_its_job(owner, agent):
+    handle = owner.submit("sleeper", {"seconds": "120"})
+    assert handle.cancel().state == "cancelled"
+    assert owner.job(handle.job_id)["state"] == "cancelled"
+
+
+def test_a_job_file_with_a_cycle_is_refused_with_the_servers_code(owner, tmp_path):
+    document = tmp_path / "cycle.yaml"
+    document.write_text(
+        "calls:\n  - {name: a, function: hello, after: [b]}\n"
+        "  - {name: b, function: hello, after: [a]}\n"
+    )
+    with pytest.raises(BadRequest) as refused:
+        owner.submit_job(document)
+    assert refused.value.code == "dependency_cycle"

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from hpcsera_client.client import Call, CallStatus, Client  # noqa: E402
+from hpcsera_client.client import Call, CallStatus, Client, Job  # noqa: E402
 from hpcsera_client.errors import (  # noqa: E402
     ApiError,
     AuthenticationFailed,
@@ -17,9 +17,16 @@ from hpcsera_client.errors import (  # noqa: E402
     ServerError,
     TransportError,
 )
+from hpcsera_client.login import (  # noqa: E402
+    AccessDenied,
+    LoginError,
+    LoginExpired,
+    LoginUnavailable,
+)
 from hpcsera_client.transport import RetryPolicy  # noqa: E402
 
 __all__ = [
+    "AccessDenied",
     "ApiError",
     "AuthenticationFailed",
     "BadRequest",
@@ -30,6 +37,10 @@ __all__ = [
     "Conflict",
     "FunctionFailed",
     "HpcseraError",
+    "Job",
+    "LoginError",
+    "LoginExpired",
+    "LoginUnavailable",
     "NotFound",
     "PermissionDenied",
     "RateLimited",

@@ -30,6 +30,7 @@ from hpcsera_client.errors import (
     ServerError,
     TransportError,
 )
+from hpcsera_client.login import LoginError, LoginUnavailable, request_token
 from hpcsera_client.progress import watch_call, watch_job
 
 OK, FAILED, USAGE, REFUSED, UNAVAILABLE, NOT_FINISHED = 0, 1, 2, 3, 4, 5
@@ -158,19 +159,70 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     return OK
 
 
-def cmd_login(args: argparse.Namespace) -> int:
-    """Store a token made in the web UI, after checking it with the server.
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        job = client.submit_job(args.jobfile)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.jobfile}: {exc.strerror}")
+    if not args.watch:
+        calls = {status.name or status.function: status.id for status in job.calls()}
+        print(json.dumps({"job_id": job.id, "calls": calls}))
+        return OK
+    states = watch_job(client, job.id, sys.stdout, timeout=args.timeout)
+    return OK if all(s == "succeeded" for s in states) else FAILED
 
-    TODO: the decoupled login (a registered client asks for a token with its
-    private key, the user approves in the web UI, the CLI polls) needs the
-    server's CIBA-style flow, which is being built separately. Until then
-    `login` takes a token the user made by hand, from stdin, never argv.
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _client(args).cancel_job(args.job_id)
+    ended = sum(1 for c in job["calls"] if c["state"] == "cancelled")
+    print(f"job {job['id']}  {job['state']}  {ended}/{len(job['calls'])} cancelled")
+    return OK
+
+
+def _token_by_approval(args: argparse.Namespace) -> str:
+    def show(code: str) -> None:
+        print(
+            f"Approve this request in the HPCSerA web UI (Requests); it shows "
+            f"the code: {code}",
+            flush=True,
+        )
+
+    if not (args.key and args.user and args.roles):
+        raise UsageError("login with --client-id needs --key, --user and --roles")
+    try:
+        grant = request_token(
+            args.server,
+            args.client_id,
+            args.key,
+            args.user,
+            args.roles,
+            tag=args.tag,
+            on_code=show,
+            timeout=args.http_timeout,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot read the key {args.key}: {exc.strerror}")
+    except ValueError as exc:  # cryptography: not a PEM private key
+        raise UsageError(f"{args.key} is not a usable private key: {exc}")
+    return grant.token
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Get a token and store it (0600) for later commands.
+
+    With --client-id: the decoupled login. The registered client asks with
+    its private key, the user approves in the web UI, the CLI polls. Without:
+    a token the user made in the web UI, read from stdin, never argv.
     """
     if not args.server:
         raise UsageError("login needs --server URL")
-    token = sys.stdin.readline().strip()
-    if not token:
-        raise UsageError("login reads the token from stdin; none was given")
+    if args.client_id:
+        token = _token_by_approval(args)
+    else:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise UsageError("login reads the token from stdin; none was given")
     client = Client(args.server, token, timeout=args.http_timeout)
     who = client.capabilities()["token"]
     path = save(Settings(server=client.url, token=token))
@@ -236,16 +288,36 @@ def _parser() -> argparse.ArgumentParser:
         "capabilities", help="server version, roles, limits"
     ).set_defaults(run=cmd_capabilities)
 
-    login = commands.add_parser("login", help="store a token (read from stdin)")
+    submit = commands.add_parser("submit", help="submit a job document (YAML/JSON)")
+    submit.add_argument("jobfile")
+    submit.add_argument("--watch", action="store_true", help="follow it live")
+    submit.add_argument("--timeout", type=float, help="stop watching after seconds")
+    submit.set_defaults(run=cmd_submit)
+
+    cancel = commands.add_parser("cancel", help="cancel a job's unfinished calls")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    login = commands.add_parser(
+        "login",
+        help="get a token by approval (--client-id) or from stdin, and store it",
+    )
+    login.add_argument("--client-id", help="the client registered in the web UI")
+    login.add_argument("--key", help="the client's private key (PEM)")
+    login.add_argument("--user", help="the user who approves")
+    login.add_argument("--roles", help='roles asked for, e.g. "POST_Job GET_JobStatus"')
+    login.add_argument("--tag", default="default")
     login.set_defaults(run=cmd_login)
-    # TODO: `submit JOBFILE` (YAML job documents), `cancel` and `tokens list`
-    # need server endpoints that are being built separately (job documents,
-    # DELETE_Job cancellation, a token listing API); they are left out rather
-    # than faked.
+    # TODO: `tokens list` waits for a token listing API on the server
+    # (capabilities feature `token_listing`); it is left out rather than faked.
     return parser
 
 
 def _exit_code(error: HpcseraError) -> int:
+    if isinstance(error, LoginUnavailable):
+        return USAGE
+    if isinstance(error, LoginError):
+        return REFUSED
     if isinstance(error, FunctionFailed):
         return FAILED
     if isinstance(error, CallTimeout):

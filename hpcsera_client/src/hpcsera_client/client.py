@@ -12,7 +12,8 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Union
 
 import requests
 
@@ -40,6 +41,7 @@ class CallStatus:
     reason: str
     batch_job_id: str | None
     raw: dict
+    name: str = ""
 
     @classmethod
     def from_json(cls, data: dict) -> CallStatus:
@@ -55,6 +57,7 @@ class CallStatus:
             reason=data.get("reason") or "",
             batch_job_id=data.get("batch_job_id"),
             raw=data,
+            name=data.get("name") or "",
         )
 
     @property
@@ -128,8 +131,95 @@ class Call:
         status.raise_for_state()
         return status.output
 
-    # TODO: cancel() needs the server's DELETE_Job cancellation endpoint, which
-    # is being built separately; until it exists a call cannot be cancelled.
+    def cancel(self) -> CallStatus:
+        """Cancel the whole job this call belongs to (DELETE_Job), not only it.
+
+        A FaaS submission is a job of one call, so there the two are the same;
+        in a job of several calls, every call that has not ended is cancelled.
+        The server has no cancellation of a single call. Returns this call's
+        status afterwards: `cancelled`, unless it had ended already.
+        """
+        self.client.cancel_job(self.job_id)
+        return self.poll()
+
+
+class Job:
+    """A submitted job document: poll it, wait for all its calls, cancel it."""
+
+    def __init__(self, client: Client, job_id: str, answer: dict | None = None):
+        self.client = client
+        self.id = job_id
+        self.last = answer
+
+    def __repr__(self) -> str:
+        state = self.last["state"] if self.last else "submitted"
+        return f"<Job {self.id} {state}>"
+
+    def poll(self) -> dict:
+        """The job as GET /api/v1/jobs/<id> answers it."""
+        self.last = self.client.job(self.id)
+        return self.last
+
+    def calls(self) -> list[CallStatus]:
+        """The job's calls as last seen (polled once if never seen)."""
+        job = self.last or self.poll()
+        return [CallStatus.from_json(call) for call in job["calls"]]
+
+    def call(self, name: str) -> Call:
+        """A handle on the call of this name in the job document."""
+        for status in self.calls():
+            if status.name == name:
+                return Call(self.client, status.id, self.id)
+        raise KeyError(f"job {self.id} has no call named {name!r}")
+
+    @property
+    def succeeded(self) -> bool:
+        return all(status.succeeded for status in self.calls())
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_change: Callable[[CallStatus], None] | None = None,
+    ) -> list[CallStatus]:
+        """Poll until every call has ended; CallTimeout after `timeout` seconds.
+
+        `on_change` sees each call whenever its state changes. Returns the
+        final statuses whatever the outcome.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval, seen = POLL_MIN, {}
+        while True:
+            self.poll()
+            statuses = self.calls()
+            for status in statuses:
+                if on_change and seen.get(status.id) != status.state:
+                    on_change(status)
+                seen[status.id] = status.state
+            if all(status.done for status in statuses):
+                return statuses
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise CallTimeout(
+                    f"job {self.id} still {self.last['state']} after {timeout} s",
+                    self.id,
+                )
+            self.client.sleep(interval)
+            interval = min(POLL_MAX, interval * 1.5)
+
+    def cancel(self) -> dict:
+        """Cancel every call that has not ended; the job afterwards."""
+        self.last = self.client.cancel_job(self.id)
+        return self.last
+
+    def add_calls(self, calls: list[dict]) -> dict:
+        """Append calls (as in a job document; `after` may name existing ones)."""
+        self.last = self.client.transport.request(
+            "POST", f"/api/v1/jobs/{self.id}/calls", json={"calls": calls}
+        ).json()
+        return self.last
+
+
+JobDocument = Union[Mapping[str, Any], str, Path]
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class Client:
@@ -218,8 +308,72 @@ class Client:
         answer = self.transport.request("GET", "/api/v1/jobs", params={"limit": limit})
         return answer.json()["jobs"]
 
-    # TODO: submit_job(document) for YAML/JSON job documents with dependencies
-    # needs the server's job-document endpoint, which is being built separately.
+    def submit_job(self, document: JobDocument) -> Job:
+        """Submit a job document: a mapping, or the path of a YAML or JSON file.
+
+        A file is sent as it is (YAML as application/yaml), so the server's
+        own checks and error messages apply to it, lines and all.
+        """
+        if isinstance(document, Mapping):
+            body, content_type = json.dumps(dict(document)), "application/json"
+        else:
+            path = Path(document)
+            body = path.read_bytes()
+            yaml_file = path.suffix.lower() in YAML_SUFFIXES
+            content_type = "application/yaml" if yaml_file else "application/json"
+        answer = self.transport.request(
+            "POST",
+            "/api/v1/jobs",
+            data=body,
+            headers={"Content-Type": content_type},
+        ).json()
+        return Job(self, answer["id"], answer)
+
+    def get_job(self, job_id: str) -> Job:
+        handle = Job(self, job_id)
+        handle.poll()
+        return handle
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Cancel every call of the job that has not ended; the job afterwards."""
+        return self.transport.request("DELETE", f"/api/v1/jobs/{job_id}").json()
+
+    def finish(self, call_id: str, succeeded: bool, message: str = "") -> CallStatus:
+        """End a ready virtual call: succeeded (`message` becomes its output) or
+        failed (`message` is its reason)."""
+        state = "succeeded" if succeeded else "failed"
+        data = self.transport.request(
+            "POST",
+            f"/api/v1/calls/{call_id}/finish",
+            json={"state": state, "message": message},
+        ).json()
+        return CallStatus.from_json(data)
+
+    @classmethod
+    def login(
+        cls,
+        server: str,
+        client_id: str,
+        key_path: str | Path,
+        user: str,
+        roles: str,
+        tag: str = "default",
+        on_code: Callable[[str], None] = print,
+        sleep: Callable[[float], None] = time.sleep,
+        **options: Any,
+    ) -> Client:
+        """A client with a token got by the decoupled login (see `login.py`).
+
+        `on_code` is shown the binding code the user compares in the web UI
+        before approving. Needs `pip install hpcsera-client[login]`.
+        """
+        from hpcsera_client.login import request_token
+
+        grant = request_token(
+            server, client_id, key_path, user, roles,
+            tag=tag, on_code=on_code, sleep=sleep,
+        )  # fmt: skip
+        return cls(server, grant.token, user=user, sleep=sleep, **options)
 
     def _handle(self, summary: dict) -> Call:
         return Call(self, summary["call_id"], summary["job_id"])
