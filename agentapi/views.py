@@ -90,6 +90,8 @@ class AgentClaimView(APIView):
             claim_or_announce,
             data.validated_data["wait"],
             on_long_wait=connection.close,
+            # A long-poll gives its connection back at once: agents may be many.
+            hold_seconds=0.0,
         )
         calls = found[0] if found else []
         stop = calls_to_stop(agent_id=agent.id)

@@ -164,27 +164,28 @@ def wait_until(
     *,
     recheck: float | None = None,
     on_long_wait=None,
+    hold_seconds: float = 1.0,
 ):  # noqa: ANN001, ANN201
     """Call `check()` until it returns something truthy or `timeout` passes.
 
     `check` runs once at once, then after every wake-up on `channel` (and every
-    `recheck` seconds as a safety net). `on_long_wait` runs once, the first
-    time the wait goes past one second, for example to hand back a database
-    connection that a long idle wait would otherwise hold.
+    `recheck` seconds as a safety net). Once the wait has lasted `hold_seconds`,
+    `on_long_wait` runs after every check, for example to hand the database
+    connection back to the pool: a waiting request must not hold one.
     """
     recheck = recheck or settings.HPCSERA["NOTIFY_RECHECK_SECONDS"]
-    deadline = time.monotonic() + timeout
-    long_wait_at = time.monotonic() + 1.0
+    started = time.monotonic()
+    deadline = started + timeout
+    release_at = started + hold_seconds
     with hub().listen(channel) as waiter:
         while True:
             result = check()
-            remaining = deadline - time.monotonic()
-            if result or remaining <= 0 or hub().closing:
+            now = time.monotonic()
+            if result or now >= deadline or hub().closing:
                 return result
-            step = min(remaining, recheck)
-            if on_long_wait is not None:
-                step = min(step, max(long_wait_at - time.monotonic(), 0.001))
-            if not waiter.wait(step) and on_long_wait is not None:
-                if time.monotonic() >= long_wait_at:
-                    on_long_wait()
-                    on_long_wait = None
+            if on_long_wait is not None and now >= release_at:
+                on_long_wait()
+            step = min(deadline - now, recheck)
+            if on_long_wait is not None and now < release_at:
+                step = min(step, release_at - now)
+            waiter.wait(step)
