@@ -17,6 +17,7 @@ from jobs.leases import leases_renew
 from jobs.models import FunctionCall
 from jobs.services import agent_register, call_report, calls_claim, work_channel
 from tokens import roles
+from tokens.services import token_still_live
 
 
 def _lease(call: FunctionCall) -> dict:
@@ -73,6 +74,9 @@ class AgentClaimView(APIView):
         lease_seconds = settings.HPCSERA["LEASE_SECONDS"]
 
         def claim() -> list[FunctionCall]:
+            # A long-poll outlives many checks: the token may be revoked
+            # meanwhile, and then no work may go to it.
+            token_still_live(request.auth)
             return calls_claim(
                 agent=agent,
                 max_calls=data.validated_data["max"],

@@ -59,7 +59,7 @@ def _client_of(assertion: str) -> Client:
         .select_related("user")
         .first()
     )
-    if client is None:
+    if client is None or not client.user.is_active:
         raise OAuthError("invalid_client", "Unknown or revoked client.", 401)
     return client
 

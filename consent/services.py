@@ -22,7 +22,7 @@ from hpcsera.errors import BadInput
 from hpcsera.notify import hub
 from tokens import roles as role_names
 from tokens.audit import client_ip, security_event_record
-from tokens.models import SecurityEvent
+from tokens.models import SecurityEvent, Token
 from tokens.services import IssuedToken, lifetime_caps, token_issue
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,16 @@ def client_register(*, user, name: str, public_key: str, request=None) -> Client
 
 
 def client_revoke(*, client: Client, request=None) -> None:  # noqa: ANN001
-    if Client.objects.filter(pk=client.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    ):
+    """Revoke the client and every token it obtained: its key may have leaked."""
+    now = timezone.now()
+    with transaction.atomic():
+        revoked = Client.objects.filter(pk=client.pk, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+        Token.objects.filter(client=client, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+    if revoked:
         security_event_record(
             user=client.user,
             kind=SecurityEvent.Kind.CLIENT_REVOKED,
@@ -98,12 +105,15 @@ def auth_request_create(
             "The binding message is 1 to 64 plain characters (letters, digits, "
             "spaces and simple punctuation).",
         )
-    now = timezone.now()
-    _check_rate(client, user, now, limits)
-
     request_id = secrets.token_urlsafe(32)  # 256 bits
     lifetime = limits["AUTH_REQUEST_SECONDS"]
     with transaction.atomic():
+        # Counting and inserting under the client's and the user's row locks:
+        # requests sent at once cannot all pass the caps.
+        Client.objects.select_for_update().filter(pk=client.pk).first()
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        now = timezone.now()
+        _check_rate(client, user, now, limits)
         auth = AuthRequest.objects.create(
             digest=_digest(request_id),
             client=client,

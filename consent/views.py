@@ -103,7 +103,8 @@ def _owned(found: Token | None, client, caller_token) -> bool:  # noqa: ANN001
         return False
     if client is not None:
         return found.client_id == client.pk
-    return found.user_id == caller_token.user_id
+    # A bearer caller is fenced like everywhere else: same user, same tag.
+    return found.user_id == caller_token.user_id and found.tag == caller_token.tag
 
 
 @oauth_endpoint
@@ -125,6 +126,7 @@ def introspect(request: HttpRequest, params: dict) -> JsonResponse:
         not _owned(found, client, caller_token)
         or found.is_revoked
         or found.is_expired(now)
+        or not found.user.is_active
     ):
         return _json({"active": False})
     return _json(

@@ -27,6 +27,7 @@ from jobs.presenters import (
 )
 from jobs.services import call_channel, faas_submit
 from tokens import roles
+from tokens.services import token_still_live
 
 SITE_HEADER = "HTTP_X_HPCSERA_SITE"
 TIME_LIMIT_HEADER = "HTTP_X_HPCSERA_TIME_LIMIT"
@@ -115,7 +116,7 @@ class FaasView(APIView):
         )
         if self.mode == FunctionCall.Mode.ASYNC:
             return _accepted(call)
-        return _sync_answer(call)
+        return _sync_answer(call, token)
 
 
 class AsyncFaasView(FaasView):
@@ -130,7 +131,7 @@ def _accepted(call: FunctionCall) -> Response:
 _sync_waiters = threading.BoundedSemaphore(max(settings.HPCSERA["MAX_SYNC_WAITERS"], 1))
 
 
-def _sync_answer(call: FunctionCall) -> HttpResponse:
+def _sync_answer(call: FunctionCall, token: object) -> HttpResponse:
     def finished() -> FunctionCall | None:
         current = FunctionCall.objects.filter(pk=call.pk).first()
         return current if current is not None and current.is_terminal else None
@@ -154,6 +155,7 @@ def _sync_answer(call: FunctionCall) -> HttpResponse:
         _sync_waiters.release()
     if done is None:
         return _accepted(call)
+    token_still_live(token)
     headers = {"X-Hpcsera-Job": str(done.job_id), "X-Hpcsera-Call": str(done.id)}
     if done.state == CallState.SUCCEEDED and done.stdout_truncated:
         body = problem(

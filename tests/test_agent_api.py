@@ -220,3 +220,38 @@ def test_deeply_nested_json_to_the_agent_api_is_400(alice_client):
         "/api/agent/v1/agents", "[" * 5000 + "]" * 5000, content_type="application/json"
     )
     assert answer.status_code == 400 and answer.json()["code"] == "malformed_json"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_revoked_during_a_long_poll_gets_no_work(alice, make_token, client_for):
+    import threading
+
+    from django.db import connection
+
+    from tokens.models import Token
+    from tokens.services import token_revoke
+
+    agent_secret = make_token(alice, role_list=[roles.GET_JOB, roles.UPDATE_JOB_STATUS])
+    agent_client = client_for(agent_secret)
+    agent = register_agent(agent_client)
+    answers = []
+
+    def long_poll() -> None:
+        answers.append(_claim(agent_client, agent, wait=10))
+        connection.close()
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time_to_settle = threading.Event()
+    time_to_settle.wait(0.5)
+    token_revoke(token=Token.objects.get(prefix=agent_secret.split("_")[1]))
+    call_id = (
+        client_for(make_token(alice))
+        .post("/alice/async-function/hello?arg=secret")
+        .json()["call_id"]
+    )
+    poller.join(timeout=15)
+
+    assert answers[0].status_code == 401
+    assert answers[0].json()["code"] == "token_revoked"
+    assert FunctionCall.objects.get(id=call_id).state == "ready"

@@ -428,3 +428,50 @@ def test_the_oauth_endpoints_want_form_encoding(flow):
         content_type="application/json",
     )
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"
+
+
+def test_revoking_a_client_revokes_the_tokens_it_obtained(flow, web):
+    request_id = flow.ask().json()["auth_req_id"]
+    approve(web, AuthRequest.objects.get().id, ["POST_Job"])
+    secret = flow.poll(request_id).json()["access_token"]
+    client = Client.objects.get(client_id=flow.client_id)
+    assert web.post(f"/ui/clients/{client.id}/revoke").status_code == 302
+    api = WebClient(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert api.get("/api/v1/jobs").json()["code"] == "token_revoked"
+    assert flow.ask().status_code == 401
+
+
+def test_a_disabled_users_client_cannot_authenticate(flow, alice):
+    alice.is_active = False
+    alice.save()
+    answer = flow.ask()
+    assert answer.status_code == 401 and answer.json()["error"] == "invalid_client"
+
+
+def test_bearer_introspection_is_fenced_by_tag(flow, web, alice, make_token):
+    request_id = flow.ask().json()["auth_req_id"]
+    approve(web, AuthRequest.objects.get().id, ["POST_Job"])
+    secret = flow.poll(request_id).json()["access_token"]  # tag proj-a
+    other_tag = WebClient(HTTP_AUTHORIZATION=f"Bearer {make_token(alice, tag='x')}")
+    assert form(other_tag, "/oauth/introspect", {"token": secret}).json() == {
+        "active": False
+    }
+    assert form(other_tag, "/oauth/revoke", {"token": secret}).status_code == 200
+    assert Token.objects.get(prefix=secret.split("_")[1]).revoked_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_sent_at_once_cannot_pass_the_pending_cap(flow):
+    answers = []
+
+    def ask(n: int) -> None:
+        answers.append(flow.ask(binding_message=f"n{n}").status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert AuthRequest.objects.filter(state="pending").count() == 3
+    assert answers.count(200) == 3

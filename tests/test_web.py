@@ -225,3 +225,25 @@ def test_userinfo_about_another_subject_is_refused(oidc_settings):
     backend = FakeProvider({}, {"sub": "someone-else"})
     with pytest.raises(SuspiciousOperation):
         backend.get_or_create_user("a", "i", {"iss": ISSUER, "sub": "s-1"})
+
+
+def test_a_disabled_user_is_out_of_the_web_ui_at_once(oidc_settings, alice):
+    backend = FakeProvider({}, {})
+    assert backend.get_user(alice.pk) == alice
+    alice.is_active = False
+    alice.save()
+    assert backend.get_user(alice.pk) is None
+
+
+def test_names_the_server_answers_and_case_twins_are_not_given_out(
+    oidc_settings, alice
+):
+    def login(subject: str, name: str):  # noqa: ANN202
+        return FakeProvider(
+            {"iss": ISSUER, "sub": subject},
+            {"sub": subject, "preferred_username": name},
+        ).get_or_create_user("a", "i", {"iss": ISSUER, "sub": subject})
+
+    assert login("s-admin", "admin").username == "admin-user"
+    assert login("s-api", "API").username == "API-user"
+    assert login("s-alice", "Alice").username == "Alice-2"

@@ -134,6 +134,27 @@ def token_authenticate(raw: str) -> Token:
     return token
 
 
+def token_still_live(token: object) -> None:
+    """For requests that wait: revocation and expiry count while they wait too.
+
+    Raises NotAuthenticated when the token stopped being valid since the
+    request began. A web session (not a Token) is checked by its middleware.
+    """
+    if not isinstance(token, Token):
+        return
+    live = Token.objects.filter(
+        pk=token.pk,
+        revoked_at__isnull=True,
+        expires_at__gt=timezone.now(),
+        user__is_active=True,
+    ).exists()
+    if not live:
+        raise NotAuthenticated(
+            "The token was revoked or expired while the request waited.",
+            code="token_revoked",
+        )
+
+
 def token_revoke(*, token: Token, request: object = None) -> bool:
     """Revoke `token`; True if this call revoked it (False: it already was)."""
     revoked = Token.objects.filter(pk=token.pk, revoked_at__isnull=True).update(

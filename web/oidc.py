@@ -21,9 +21,33 @@ from web.models import OidcIdentity
 logger = logging.getLogger(__name__)
 
 USERNAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# A username is a FaaS namespace at the root of the URL space: it must not be
+# a path the server itself answers.
+RESERVED_USERNAMES = frozenset(
+    {
+        "admin",
+        "api",
+        "ui",
+        "oidc",
+        "oauth",
+        "static",
+        "healthz",
+        "well-known",
+        ".well-known",
+        "media",
+        "login",
+        "logout",
+    }
+)
 
 
 class IdentityBackend(OIDCAuthenticationBackend):
+    def get_user(self, user_id):  # noqa: ANN001, ANN201
+        # Checked on every request of a session: a disabled account is out at
+        # once, not when its session expires.
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
+
     def verify_token(self, token: str, **kwargs: Any) -> dict:
         payload = super().verify_token(token, **kwargs)
         issuer = settings.OIDC_OP_ISSUER
@@ -61,6 +85,10 @@ class IdentityBackend(OIDCAuthenticationBackend):
         base = _username_from(claims, subject)
         for attempt in range(50):
             username = base if attempt == 0 else f"{base[:60]}-{attempt + 1}"
+            # Names differing only in case would be easy to mistake for
+            # each other in URLs.
+            if User.objects.filter(username__iexact=username).exists():
+                continue
             try:
                 with transaction.atomic():
                     user = User.objects.create_user(
@@ -80,4 +108,6 @@ def _username_from(claims: dict, subject: str) -> str:
     """A URL-safe username: it is the user's FaaS namespace."""
     wanted = claims.get("preferred_username") or claims.get("email", "").split("@")[0]
     cleaned = USERNAME_SAFE.sub("", str(wanted))[:64].strip(".")
+    if cleaned.lower() in RESERVED_USERNAMES:
+        cleaned = f"{cleaned}-user"
     return cleaned or "user-" + USERNAME_SAFE.sub("", subject)[:32]
