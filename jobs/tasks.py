@@ -1,0 +1,17 @@
+"""Celery tasks. Each takes ids only and calls one service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from celery import shared_task
+
+from jobs.callbacks import delivery_attempt
+
+
+@shared_task(name="jobs.deliver", ignore_result=True)
+def deliver(delivery_id: str, claim: str) -> str | None:
+    """One attempt at a delivery the dispatcher claimed; retries are rows."""
+    return delivery_attempt(
+        delivery_id=delivery_id, claim=datetime.fromisoformat(claim)
+    )
