@@ -238,6 +238,8 @@ CELERY_TASK_IGNORE_RESULT = True
 # next dispatch sends it.
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Deployments (and test runs) sharing one Redis keep apart by queue name.
+CELERY_TASK_DEFAULT_QUEUE = env.string("HPCSERA_CELERY_QUEUE", "hpcsera")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "HPCSerA API",

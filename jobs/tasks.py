@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from celery import shared_task
-
+from hpcsera.celery import app
 from jobs.callbacks import delivery_attempt
 
 
-@shared_task(name="jobs.deliver", ignore_result=True)
+# Bound to this project's app, not shared_task: a server process that never
+# imported the app would otherwise queue on Celery's default one.
+@app.task(name="jobs.deliver", ignore_result=True)
 def deliver(delivery_id: str, claim: str) -> str | None:
     """One attempt at a delivery the dispatcher claimed; retries are rows."""
     return delivery_attempt(
