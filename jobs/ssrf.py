@@ -58,9 +58,21 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 def address_refusal(address: Address) -> str | None:
-    """Why `address` may not be called back, or None when it is public."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Why `address` may not be called back, or None when it is public.
+
+    IPv6 addresses that carry an IPv4 one (mapped, 6to4, Teredo) are judged by
+    the IPv4 address too. NAT64 (64:ff9b::/96) counts as reserved, so it is
+    refused whatever it embeds: strict, and safe.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        teredo = address.teredo[1] if address.teredo else None
+        embedded = address.ipv4_mapped or address.sixtofour or teredo
+        if address.ipv4_mapped:
+            address = address.ipv4_mapped
+        elif embedded is not None:
+            reason = address_refusal(embedded)
+            if reason:
+                return reason
     if address in METADATA_ADDRESSES:
         return "metadata"
     if address.is_loopback:
