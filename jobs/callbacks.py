@@ -19,6 +19,11 @@
   token's id (nothing to store, nothing to leak from the database); it is
   shown once, with the token.
 
+TODO: a job whose callback was made and which is then given more calls
+(POST /jobs/<id>/calls) gets no second job callback when those end: one
+delivery per job keeps "once" simple, and a second event kind was not asked
+for yet.
+
 TODO: tokens obtained by the decoupled login (consent/) are never shown
 their callback secret, so their callbacks cannot be verified yet; the grant
 answer should carry it, which needs a change of that flow's documented
