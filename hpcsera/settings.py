@@ -211,7 +211,35 @@ HPCSERA = {
     "TOKEN_DEFAULT_LIFETIME_SECONDS": env.integer(
         "HPCSERA_TOKEN_DEFAULT_LIFETIME_SECONDS", 30 * 24 * 3600, minimum=60
     ),
+    # Callbacks (jobs.callbacks): attempts in all, the back-off before the
+    # second attempt (doubled for each further one, with jitter, up to the
+    # cap), and the time one attempt may take.
+    "CALLBACK_MAX_ATTEMPTS": env.integer("HPCSERA_CALLBACK_MAX_ATTEMPTS", 8, minimum=1),
+    "CALLBACK_BACKOFF_SECONDS": env.number(
+        "HPCSERA_CALLBACK_BACKOFF_SECONDS", 10.0, minimum=0.0
+    ),
+    "CALLBACK_BACKOFF_MAX_SECONDS": env.number(
+        "HPCSERA_CALLBACK_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.0
+    ),
+    "CALLBACK_TIMEOUT_SECONDS": env.number(
+        "HPCSERA_CALLBACK_TIMEOUT_SECONDS", 10.0, minimum=0.1
+    ),
+    # Only for tests and local trials: lets callbacks reach 127.0.0.0/8 and
+    # ::1. Every other internal address stays refused.
+    "CALLBACK_ALLOW_LOOPBACK": env.boolean("HPCSERA_CALLBACK_ALLOW_LOOPBACK", False),
 }
+
+# Celery sends callbacks when a broker is configured (CELERY_BROKER_URL, else
+# REDIS_URL). Without one (the embedded default) `manage.py run_timers` sends
+# them itself, so `make run` needs no worker.
+CELERY_BROKER_URL = env.string("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+# A broker that is down must not hold a request: the row stays due and the
+# next dispatch sends it.
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Deployments (and test runs) sharing one Redis keep apart by queue name.
+CELERY_TASK_DEFAULT_QUEUE = env.string("HPCSERA_CELERY_QUEUE", "hpcsera")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "HPCSerA API",

@@ -42,6 +42,7 @@ class CallSpec:
 class JobSpec:
     name: str
     calls: list[CallSpec]
+    callback_url: str = ""
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -82,7 +83,7 @@ def load(raw: bytes, content_type: str) -> Any:
 def job_spec(doc: Any) -> JobSpec:
     if not isinstance(doc, dict):
         raise BadInput("A job document is a mapping.", code="invalid_job")
-    unknown = set(doc) - {"name", "calls"}
+    unknown = set(doc) - {"name", "calls", "callback_url"}
     if unknown:
         raise BadInput(f"Unknown job field(s): {sorted(unknown)}.", code="invalid_job")
     name = doc.get("name", "")
@@ -90,7 +91,16 @@ def job_spec(doc: Any) -> JobSpec:
         raise BadInput(
             "The job name is text of at most 100 characters.", code="invalid_job"
         )
-    return JobSpec(name=name, calls=call_specs(doc.get("calls")))
+    callback_url = doc.get("callback_url", "")
+    if not isinstance(callback_url, str):
+        raise BadInput("callback_url is a URL.", code="invalid_callback_url")
+    calls = call_specs(doc.get("calls"))
+    if callback_url:
+        # Imported here: the guard reads settings this module need not load.
+        from jobs.callbacks import callback_url_check
+
+        callback_url_check(callback_url)
+    return JobSpec(name=name, calls=calls, callback_url=callback_url)
 
 
 def call_specs(raw: Any, existing: frozenset[str] = frozenset()) -> list[CallSpec]:

@@ -62,9 +62,26 @@ class Job(models.Model):
     tag = models.CharField(max_length=63)
     name = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # POSTed when every call of the job has ended (jobs.callbacks).
+    callback_url = models.CharField(max_length=2048, blank=True)
+    # The token that submitted the job: callbacks of the job and of its calls
+    # are signed with that token's callback secret. Not a foreign key, so the
+    # secret can still be derived after the token row is gone.
+    token_id = models.UUIDField(null=True, blank=True)
+    # Set once the job's callback delivery exists; the unique constraint on
+    # Delivery keeps it to one even if two ends race.
+    callback_done = models.BooleanField(default=False)
 
     class Meta:
-        indexes = [models.Index(fields=["user", "tag", "-created_at"])]
+        indexes = [
+            models.Index(fields=["user", "tag", "-created_at"]),
+            # The sweep for jobs that ended without their callback recorded.
+            models.Index(
+                fields=["created_at"],
+                name="job_callback_open",
+                condition=~models.Q(callback_url="") & models.Q(callback_done=False),
+            ),
+        ]
 
 
 class CallState(models.TextChoices):
@@ -134,6 +151,8 @@ class FunctionCall(models.Model):
     # The JSON body exactly as received; neither server nor agent interprets it.
     input = models.TextField(null=True, blank=True)
     time_limit_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # POSTed when the call ends (X-Callback-Url of an async FaaS call).
+    callback_url = models.CharField(max_length=2048, blank=True)
     # A virtual call is never claimed: a REST call finishes it, or its deadline.
     virtual = models.BooleanField(default=False)
     deadline_at = models.DateTimeField(null=True, blank=True)
@@ -213,4 +232,72 @@ class CallEdge(models.Model):
             models.UniqueConstraint(
                 fields=["upstream", "downstream"], name="edge_unique"
             )
+        ]
+
+
+class Delivery(models.Model):
+    """One callback POST to make, with every attempt at it.
+
+    Its id is the delivery id the receiver sees on every attempt, so a
+    receiver can drop repeats. Rows are the schedule: `next_attempt_at` says
+    when the next attempt is due, and whoever sends claims the row first by
+    moving it forward (jobs.callbacks).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    class Event(models.TextChoices):
+        CALL_ENDED = "call.ended"
+        JOB_ENDED = "job.ended"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="deliveries")
+    # Set for a call's callback; empty for the job's own.
+    call = models.ForeignKey(
+        FunctionCall,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    tag = models.CharField(max_length=63)
+    event = models.CharField(max_length=16, choices=Event.choices)
+    url = models.CharField(max_length=2048)
+    token_id = models.UUIDField(null=True, blank=True)
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.IntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # [{"attempt", "at", "status", "error"}, ...], oldest first.
+    history = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due",
+                condition=models.Q(state="pending"),
+            )
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call"],
+                name="delivery_one_per_call",
+                condition=models.Q(call__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["job"],
+                name="delivery_one_per_job",
+                condition=models.Q(call__isnull=True),
+            ),
         ]

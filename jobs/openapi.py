@@ -31,6 +31,24 @@ class CallSummary(serializers.Serializer):
     job_url = serializers.CharField()
 
 
+class DeliveryAttempt(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    status = serializers.IntegerField(
+        allow_null=True, help_text="the receiver's HTTP status"
+    )
+    error = serializers.CharField(allow_null=True)
+
+
+class Delivery(serializers.Serializer):
+    delivery_id = serializers.UUIDField(help_text="the same in every attempt")
+    event = serializers.ChoiceField(choices=["call.ended", "job.ended"])
+    state = serializers.ChoiceField(choices=["pending", "delivered", "failed"])
+    attempts = serializers.IntegerField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    history = DeliveryAttempt(many=True)
+
+
 class CallDetail(serializers.Serializer):
     id = serializers.UUIDField()
     job_id = serializers.UUIDField()
@@ -59,6 +77,8 @@ class CallDetail(serializers.Serializer):
     stdout = serializers.CharField()
     stdout_truncated = serializers.BooleanField()
     stderr_tail = serializers.CharField()
+    callback_url = serializers.CharField(allow_null=True)
+    callback = Delivery(allow_null=True, help_text="the callback and its attempts")
     timings = Timings()
     status_url = serializers.CharField()
     job_url = serializers.CharField()
@@ -70,6 +90,8 @@ class JobDetail(serializers.Serializer):
     tag = serializers.CharField()
     state = serializers.CharField()
     created_at = serializers.DateTimeField()
+    callback_url = serializers.CharField(allow_null=True)
+    callback = Delivery(allow_null=True, help_text="the job's callback")
     calls = CallDetail(many=True)
     url = serializers.CharField()
 
@@ -103,6 +125,9 @@ class CallsDocument(serializers.Serializer):
 
 class JobDocument(CallsDocument):
     name = serializers.CharField(required=False)
+    callback_url = serializers.URLField(
+        required=False, help_text="POSTed the result when every call has ended"
+    )
 
 
 class Lease(serializers.Serializer):
@@ -152,6 +177,12 @@ FAAS_HEADERS = [
         int,
         OpenApiParameter.HEADER,
         description="wall-clock limit in seconds",
+    ),
+    OpenApiParameter(
+        "X-Callback-Url",
+        str,
+        OpenApiParameter.HEADER,
+        description="POSTed the result, signed, when the call ends",
     ),
 ]
 

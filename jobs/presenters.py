@@ -10,11 +10,13 @@ from typing import Any
 from django.urls import reverse
 
 from hpcsera.parsers import strict_loads
+from jobs.callbacks import delivery_detail
 from jobs.models import (
     TERMINAL_STATES,
     Agent,
     CallEdge,
     CallState,
+    Delivery,
     FunctionCall,
     Job,
 )
@@ -58,11 +60,21 @@ def after_names(call_ids: Iterable[Any]) -> dict[Any, list[str]]:
     return found
 
 
+def call_deliveries(call_ids: Iterable[Any]) -> dict[Any, Delivery]:
+    """The callback delivery of each of `call_ids` that has one, in one query."""
+    found = Delivery.objects.filter(call_id__in=list(call_ids))
+    return {d.call_id: d for d in found}
+
+
 def call_detail(
-    call: FunctionCall, after: dict[Any, list[str]] | None = None
+    call: FunctionCall,
+    after: dict[Any, list[str]] | None = None,
+    deliveries: dict[Any, Delivery] | None = None,
 ) -> dict[str, Any]:
     if after is None:
         after = after_names([call.id])
+    if deliveries is None:
+        deliveries = call_deliveries([call.id]) if call.callback_url else {}
     output = call_result(call) if call.state == CallState.SUCCEEDED else None
     duration = None
     if call.started_at and call.finished_at:
@@ -93,6 +105,8 @@ def call_detail(
         "stdout": call.stdout,
         "stdout_truncated": call.stdout_truncated,
         "stderr_tail": call.stderr_tail,
+        "callback_url": call.callback_url or None,
+        "callback": delivery_detail(deliveries.get(call.id)),
         "timings": {
             "created_at": _iso(call.created_at),
             "leased_at": _iso(call.leased_at),
@@ -127,13 +141,17 @@ def job_detail(
 ) -> dict[str, Any]:
     if after is None:
         after = after_names(c.id for c in calls)
+    deliveries = call_deliveries(c.id for c in calls if c.callback_url)
+    own = job.deliveries.filter(call=None).first() if job.callback_done else None
     return {
         "id": str(job.id),
         "name": job.name,
         "tag": job.tag,
         "state": job_state([c.state for c in calls]),
         "created_at": _iso(job.created_at),
-        "calls": [call_detail(c, after) for c in calls],
+        "callback_url": job.callback_url or None,
+        "callback": delivery_detail(own),
+        "calls": [call_detail(c, after, deliveries) for c in calls],
         "url": reverse("job-detail", args=[job.id]),
     }
 

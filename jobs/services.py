@@ -49,8 +49,11 @@ def faas_submit(
     input_text: str | None,
     site: str = "",
     time_limit_seconds: int | None = None,
+    callback_url: str = "",
 ) -> FunctionCall:
-    """Queue one call of `function` in a job of its own; committed on return."""
+    """Queue one call of `function` in a job of its own; committed on return.
+
+    `callback_url` must have passed jobs.callbacks.callback_url_check."""
     if not function_is_offered(token=token, name=function, site=site):
         where = f" on site {site!r}" if site else ""
         raise NotFound(
@@ -58,7 +61,9 @@ def faas_submit(
             code="unknown_function",
         )
     with transaction.atomic():
-        job = Job.objects.create(user_id=token.user_id, tag=token.tag, name=function)
+        job = Job.objects.create(
+            user_id=token.user_id, tag=token.tag, name=function, token_id=token.id
+        )
         call = FunctionCall.objects.create(
             job=job,
             user_id=token.user_id,
@@ -69,6 +74,7 @@ def faas_submit(
             args=args,
             input=input_text,
             time_limit_seconds=time_limit_seconds,
+            callback_url=callback_url,
             state=CallState.READY,
         )
         channel = work_channel(token.user_id, token.tag)

@@ -14,7 +14,15 @@ from rest_framework.views import APIView
 
 from hpcsera.errors import PROBLEM_JSON, NotFound, problem
 from hpcsera.notify import wait_until
-from jobs import dag, documents, openapi, selectors, serializers, validation
+from jobs import (
+    callbacks,
+    dag,
+    documents,
+    openapi,
+    selectors,
+    serializers,
+    validation,
+)
 from jobs.leases import leases_expire
 from jobs.models import HELD_STATES, CallState, FunctionCall
 from jobs.presenters import (
@@ -31,6 +39,7 @@ from tokens.services import token_still_live
 
 SITE_HEADER = "HTTP_X_HPCSERA_SITE"
 TIME_LIMIT_HEADER = "HTTP_X_HPCSERA_TIME_LIMIT"
+CALLBACK_HEADER = "HTTP_X_CALLBACK_URL"
 DISCARD_MAX = 64 * 1024 * 1024
 
 
@@ -103,6 +112,9 @@ class FaasView(APIView):
         if site:
             validation.site_name(site)
         time_limit = validation.time_limit(request.META.get(TIME_LIMIT_HEADER))
+        callback_url = request.META.get(CALLBACK_HEADER, "")
+        if callback_url:
+            callbacks.callback_url_check(callback_url)
         input_text = validation.json_body(_read_body(request))
 
         call = faas_submit(
@@ -113,6 +125,7 @@ class FaasView(APIView):
             input_text=input_text,
             site=site,
             time_limit_seconds=time_limit,
+            callback_url=callback_url,
         )
         if self.mode == FunctionCall.Mode.ASYNC:
             return _accepted(call)

@@ -9,6 +9,9 @@ PY="$VENV/bin/python"
 PORT=${PORT:-8000}
 VAR=${HPCSERA_VAR_DIR:-$PWD/var}
 export HPCSERA_VAR_DIR=$VAR
+# No Celery worker here: run_timers sends callbacks itself, even when the
+# shell has a REDIS_URL.
+export CELERY_BROKER_URL=""
 mkdir -p "$VAR/functions"
 chmod 700 "$VAR"
 
@@ -70,7 +73,7 @@ for _ in $(seq 100); do
 done
 "$VENV/bin/hpcsera-agent" -c "$VAR/agent.toml" run &
 agent_pid=$!
-# Deadlines of virtual calls.
+# Deadlines of virtual calls, and callbacks (no broker here: sent in-process).
 "$PY" manage.py run_timers &
 timers_pid=$!
 sleep 1

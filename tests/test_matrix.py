@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.views import APIView
 
-from jobs.models import Agent, Function, FunctionCall, Job
+from jobs.models import Agent, Delivery, Function, FunctionCall, Job
 from tests.conftest import register_agent
 from tokens import roles
 from tokens.models import Token
@@ -80,6 +80,7 @@ def snapshot() -> list:
         Agent: mine,
         Function: {"agent__user__username": "alice", "agent__tag": "proj-a"},
         Token: mine,
+        Delivery: mine,
     }
     rows = []
     for model, owned in owned_by.items():
@@ -92,6 +93,20 @@ def snapshot() -> list:
 def world(alice, bob, make_token, client_for):  # noqa: ANN001, ANN201
     alice_client = client_for(make_token(alice))
     agent_id = register_agent(alice_client, functions=("hello",))
+    # An ended call with a callback, so that alice has a delivery to guard.
+    ended_id = alice_client.post(
+        "/alice/async-function/hello",
+        HTTP_X_CALLBACK_URL="https://93.184.215.14/alice",  # never sent here
+    ).json()["call_id"]
+    alice_client.post(
+        f"/api/agent/v1/agents/{agent_id}/claim", {"max": 1}, format="json"
+    )
+    alice_client.post(
+        f"/api/agent/v1/agents/{agent_id}/calls/{ended_id}/report",
+        {"state": "failed", "exit_code": 1},
+        format="json",
+    )
+    assert Delivery.objects.filter(call_id=ended_id).exists()
     call_id = alice_client.post("/alice/async-function/hello").json()["call_id"]
     alice_client.post(
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 1}, format="json"

@@ -43,8 +43,11 @@ def test_a_new_token_is_shown_once_and_never_again(alice_web):
     secret = answer.context["issued"].secret
     assert secret in answer.content.decode()
     assert answer["Cache-Control"] == "no-store"
+    callback_secret = answer.context["issued"].callback_secret
+    assert callback_secret in answer.content.decode()
     listing = alice_web.get("/ui/tokens").content.decode()
     assert secret not in listing and secret.split("_")[1] in listing
+    assert callback_secret not in listing
     assert SecurityEvent.objects.filter(kind="token_created").count() == 1
 
 

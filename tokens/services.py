@@ -36,6 +36,13 @@ class IssuedToken:
     token: Token
     secret: str
 
+    @property
+    def callback_secret(self) -> str:
+        """What callbacks of this token's submissions are signed with."""
+        from jobs.callbacks import callback_secret
+
+        return callback_secret(self.token.id)
+
 
 def _digest(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()

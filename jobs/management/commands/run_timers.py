@@ -1,4 +1,6 @@
-"""Fire what is due by the clock: virtual calls past their deadline fail.
+"""Fire what is due by the clock: virtual calls past their deadline fail, and
+callbacks are sent (queued for a Celery worker when a broker is configured,
+else sent from this process) or retried.
 
 Each step reads due rows from the database, so any number of these (or none
 for a while) is safe: a late step fires late, never twice.
@@ -11,11 +13,12 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from jobs.callbacks import deliveries_dispatch, jobs_callbacks_sweep
 from jobs.dag import calls_expire_deadlines
 
 
 class Command(BaseCommand):
-    help = "Fail virtual calls past their deadline, once or every few seconds."
+    help = "Fail virtual calls past their deadline and send due callbacks."
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--once", action="store_true")
@@ -28,10 +31,13 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, lambda *_: stop.set())
         while True:
             expired = calls_expire_deadlines()
+            jobs_callbacks_sweep()
+            sent = deliveries_dispatch()
             if once:
                 self.stdout.write(f"{expired} virtual call(s) failed at their deadline")
+                self.stdout.write(f"{sent} callback(s) sent or queued")
                 return
-            if expired < 500:
+            if expired < 500 and sent == 0:
                 stop.wait(interval)
             if stop.is_set():
                 return

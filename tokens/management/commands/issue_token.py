@@ -25,6 +25,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--create-user", action="store_true", help="create the user if missing"
         )
+        parser.add_argument(
+            "--show-callback-secret",
+            action="store_true",
+            help="also print the callback signing secret, on a second line",
+        )
 
     def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
         User = get_user_model()
@@ -46,4 +51,7 @@ class Command(BaseCommand):
             )
         except ApiError as exc:
             raise CommandError(exc.detail)
+        # The first line is the token alone: scripts read it.
         self.stdout.write(issued.secret)
+        if options["show_callback_secret"]:
+            self.stdout.write(f"callback-secret: {issued.callback_secret}")
