@@ -45,7 +45,7 @@ FEATURES = {
     "virtual_calls": True,
     "leases": True,
     "decoupled_login": True,
-    "callbacks": False,
+    "callbacks": True,
     "token_listing": False,
 }
 
