@@ -250,3 +250,24 @@ def test_names_the_server_answers_and_case_twins_are_not_given_out(
     assert login("s-admin", "admin").username == "admin-user"
     assert login("s-api", "API").username == "API-user"
     assert login("s-alice", "Alice").username == "Alice-2"
+
+
+def test_the_agents_page_says_which_agents_are_alive(
+    alice_web, alice, make_token, client_for
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.models import Agent
+
+    api = client_for(make_token(alice))
+    register_agent(api, site="fresh")
+    register_agent(api, site="stale")
+    Agent.objects.filter(site="stale").update(
+        last_seen_at=timezone.now() - timedelta(hours=1)
+    )
+    page = alice_web.get("/ui/agents").content.decode()
+    fresh, stale = page.split("fresh")[1], page.split("stale")[1]
+    assert "alive" in fresh.split("</tr>")[0]
+    assert "silent" in stale.split("</tr>")[0]

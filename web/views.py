@@ -6,10 +6,13 @@ what limits tokens, not the person who owns them.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hpcsera.errors import BadInput
@@ -126,7 +129,11 @@ def agents(request: HttpRequest) -> HttpResponse:
         .order_by("tag", "site")
         .prefetch_related("functions")
     )
-    return render(request, "web/agents.html", {"agents": listing})
+    alive_since = timezone.now() - timedelta(
+        seconds=settings.HPCSERA["AGENT_ALIVE_SECONDS"]
+    )
+    rows = [(agent, agent.last_seen_at >= alive_since) for agent in listing]
+    return render(request, "web/agents.html", {"rows": rows})
 
 
 @login_required
