@@ -79,6 +79,9 @@ def token(request: HttpRequest, params: dict) -> JsonResponse:
             "expires_in": expires_in,
             "scope": " ".join(issued.token.roles),
             "tag": issued.token.tag,
+            # The key that signs callbacks of calls made with this token; like
+            # the token, it is shown this once.
+            "callback_secret": issued.callback_secret,
         }
     )
 

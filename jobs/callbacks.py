@@ -24,10 +24,8 @@ TODO: a job whose callback was made and which is then given more calls
 delivery per job keeps "once" simple, and a second event kind was not asked
 for yet.
 
-TODO: tokens obtained by the decoupled login (consent/) are never shown
-their callback secret, so their callbacks cannot be verified yet; the grant
-answer should carry it, which needs a change of that flow's documented
-answer and of the SDK, left for its owners.
+Tokens from the decoupled login get their secret in the token endpoint's
+answer (`callback_secret`), once, beside the token.
 """
 
 from __future__ import annotations

@@ -136,6 +136,7 @@ def test_the_whole_flow_yields_a_token_with_the_narrowed_roles(flow, web):
     assert answer.status_code == 200, answer.content
     token = answer.json()
     assert token["token_type"] == "Bearer" and token["scope"] == "GET_JobStatus"
+    assert len(token["callback_secret"]) >= 32
     api = WebClient(HTTP_AUTHORIZATION=f"Bearer {token['access_token']}")
     assert api.get("/api/v1/jobs").status_code == 200
     assert api.post("/alice/async-function/x").status_code == 403
