@@ -11,6 +11,12 @@ Resolution stays on the server (jobs.dag): a success counts the call down as
 usual (it is already leased, so nothing readies it); any other end cancels it
 at the agent, which cancels its batch job, since the batch system would keep
 it waiting on a dependency that can never be met.
+
+TODO: when only a predecessor's lease runs out and it is queued again (its
+function is idempotent), a step leased ahead stays with the agent, its batch
+job waiting on the old predecessor's job; it ends when that job's end is
+reported or its own lease runs out. Releasing the steps ahead with their
+predecessor needs the sweep to follow edges, which it does not do yet.
 """
 
 from __future__ import annotations
