@@ -47,6 +47,9 @@ class Claim(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, default=1)
     wait = serializers.FloatField(min_value=0, default=0)
     session = serializers.CharField(max_length=64, allow_blank=True, default="")
+    # The agent hands chains of batch calls to its batch system (jobs.chains);
+    # off by default, so an agent that ignores `after` never gets such leases.
+    chain = serializers.BooleanField(default=False)
 
     def validate_max(self, value: int) -> int:
         return min(value, settings.HPCSERA["CLAIM_MAX_CALLS"])

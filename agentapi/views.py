@@ -30,6 +30,8 @@ def _lease(call: FunctionCall) -> dict:
         "input": call.input,
         "time_limit_seconds": call.time_limit_seconds,
         "lease_expires_at": call.lease_expires_at.isoformat(),
+        # Calls to submit after, with a batch-system dependency (jobs.chains).
+        "after": getattr(call, "after", []),
     }
 
 
@@ -82,6 +84,7 @@ class AgentClaimView(APIView):
                 max_calls=data.validated_data["max"],
                 lease_seconds=lease_seconds,
                 session=data.validated_data["session"],
+                chain=data.validated_data["chain"],
             )
 
         def claim_or_announce() -> tuple[list[FunctionCall], int] | None:

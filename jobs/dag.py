@@ -22,6 +22,7 @@ from hpcsera.notify import hub
 from jobs import callbacks, documents, selectors
 from jobs.models import (
     ALLOWED_FROM,
+    HELD_STATES,
     TERMINAL_STATES,
     VIRTUAL_FINISH_FROM,
     CallEdge,
@@ -34,9 +35,6 @@ from jobs.services import call_channel, work_channel
 from tokens.models import Token
 
 logger = logging.getLogger(__name__)
-
-# TODO: handing chains of batch calls to Slurm with afterok is not built yet:
-# it was scheduled after this module and did not fit the first iteration.
 
 
 def job_submit(*, token: Token, spec: documents.JobSpec) -> Job:
@@ -204,20 +202,55 @@ def _count_down(downstream: list[Any]) -> set[tuple[int, str]]:
 def _cancel_dependents(
     downstream: list[Any], name: str, state: str
 ) -> list[tuple[Any, str, str]]:
-    now = timezone.now()
     ended = []
     reason = _dependency_reason(name, state)
-    for call_id, call_name in FunctionCall.objects.filter(
-        id__in=downstream, state=CallState.PENDING
-    ).values_list("id", "name"):
-        # Only pending calls can depend on an unfinished call; the condition
-        # keeps a concurrent cancellation from being counted twice.
-        if FunctionCall.objects.filter(id=call_id, state=CallState.PENDING).update(
-            state=CallState.CANCELLED, reason=reason, finished_at=now
-        ):
+    for call_id, call_name, call_state in FunctionCall.objects.filter(
+        id__in=downstream, state__in=_WAITING
+    ).values_list("id", "name", "state"):
+        if _cancel_dependent(call_id, call_state, reason):
             ended.append((call_id, CallState.CANCELLED, call_name))
             _publish_call(call_id)
     return ended
+
+
+# A dependent of an unfinished call is pending, or held by an agent when it
+# was leased ahead as part of a chain (jobs.chains).
+_WAITING = {CallState.PENDING, CallState.LEASED, CallState.RUNNING}
+
+
+def _cancel_dependent(call_id: Any, state: str, reason: str) -> bool:
+    """Cancel one dependent; conditional on its state, so a concurrent
+    cancellation is not counted twice.
+
+    A claim leasing the call ahead may hold its row meanwhile: the update then
+    waits, finds it leased, and is tried again for that state. A call an agent
+    holds stays open (finished_at unset) until the agent stopped its batch job,
+    which would otherwise wait forever on a dependency that cannot be met.
+    """
+    for _ in range(3):
+        at_agent = state in HELD_STATES
+        if FunctionCall.objects.filter(id=call_id, state=state).update(
+            state=CallState.CANCELLED,
+            reason=reason,
+            finished_at=None if at_agent else timezone.now(),
+            # Kept for calls at an agent: it marks them not yet announced.
+            lease_expires_at=F("lease_expires_at") if at_agent else None,
+        ):
+            if at_agent:
+                _publish_agent(call_id)
+            return True
+        state = (
+            FunctionCall.objects.filter(id=call_id).values_list("state", flat=True)
+        ).first()
+        if state not in _WAITING:
+            return False
+    return False
+
+
+def _publish_agent(call_id: Any) -> None:
+    owner = FunctionCall.objects.filter(id=call_id).values_list("user_id", "tag")
+    for user_id, tag in owner:
+        _publish_work(user_id, tag)
 
 
 def _publish_work(user_id: int, tag: str) -> None:

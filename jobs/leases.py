@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -47,6 +47,13 @@ REQUEUED_REASON = (
 LOST_REASON = (
     "The lease of agent {site} ran out before it reported an end; the call "
     "was not run again because its function is not declared idempotent."
+)
+
+# A call leased ahead of its dependencies (jobs.chains) goes back to waiting
+# for them, not to the queue.
+_REQUEUED_STATE = Case(
+    When(open_deps__gt=0, then=Value(CallState.PENDING)),
+    default=Value(CallState.READY),
 )
 
 _last_sweep = 0.0
@@ -105,7 +112,7 @@ def _requeue_idempotent(ids: list[Any], now: datetime) -> set[Any]:
     for call_id, site in chosen:
         if (
             _still_overdue([call_id], now, CallState.READY).update(
-                state=CallState.READY,
+                state=_REQUEUED_STATE,
                 agent=None,
                 lease_expires_at=None,
                 leased_at=None,
@@ -191,7 +198,7 @@ def _requeue_unreceived(agent: Agent, call_ids: list[Any]) -> None:
     )
     rows = list(unreceived.values_list("id", "user_id", "tag"))
     moved = unreceived.filter(id__in=[r[0] for r in rows]).update(
-        state=CallState.READY,
+        state=_REQUEUED_STATE,
         agent=None,
         lease_expires_at=None,
         leased_at=None,

@@ -106,11 +106,15 @@ HELD_STATES = frozenset({CallState.LEASED, CallState.RUNNING})
 # a cancellation, two agents claiming) cannot both win. Virtual calls, which no
 # agent holds, end from ready by VIRTUAL_FINISH_FROM instead.
 ALLOWED_FROM = {
-    CallState.PENDING: {CallState.READY},  # held before an agent took it
+    # Held before an agent took it; from LEASED or RUNNING when the lease of a
+    # call leased ahead of its dependencies runs out (jobs.leases).
+    CallState.PENDING: {CallState.READY},
     # LEASED and RUNNING go back to READY only when a lease of an idempotent
     # function ran out (jobs.leases).
     CallState.READY: {CallState.PENDING, CallState.LEASED, CallState.RUNNING},
-    CallState.LEASED: {CallState.READY},
+    # From PENDING only when a claim leases a call ahead of its dependencies,
+    # as part of a chain handed to the batch system (jobs.chains).
+    CallState.LEASED: {CallState.READY, CallState.PENDING},
     CallState.RUNNING: {CallState.LEASED},
     CallState.SUCCEEDED: {CallState.LEASED, CallState.RUNNING},
     CallState.FAILED: {

@@ -139,6 +139,11 @@ class Lease(serializers.Serializer):
     input = serializers.CharField(allow_null=True)
     time_limit_seconds = serializers.IntegerField(allow_null=True)
     lease_expires_at = serializers.DateTimeField()
+    after = serializers.ListField(
+        child=serializers.UUIDField(),
+        help_text="calls of this lease to run after: submit with a batch-system "
+        "dependency on their batch jobs (only when the claim asked for `chain`)",
+    )
 
 
 class Stop(serializers.Serializer):

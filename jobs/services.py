@@ -7,13 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, F, Q
+from django.db.models import Exists, F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from hpcsera.errors import Conflict, NotFound
 from hpcsera.notify import hub
 from jobs import leases
+from jobs.chains import calls_lease_ahead
 from jobs.channels import call_channel, work_channel
 from jobs.models import (
     ALLOWED_FROM,
@@ -120,12 +121,19 @@ def agent_register(
 
 
 def calls_claim(
-    *, agent: Agent, max_calls: int, lease_seconds: int, session: str = ""
+    *,
+    agent: Agent,
+    max_calls: int,
+    lease_seconds: int,
+    session: str = "",
+    chain: bool = False,
 ) -> list[FunctionCall]:
     """Lease up to `max_calls` ready calls to `agent`; each to exactly one agent.
 
     With `session`, only while it is the agent's current one: the long-poll of
-    a killed agent process must not lease calls nobody will receive.
+    a killed agent process must not lease calls nobody will receive. With
+    `chain`, up to `max_calls` more are leased ahead of their dependencies
+    (jobs.chains), after the calls they wait for; each call gets `after`.
     """
     leases.leases_expire_due()
     now = timezone.now()
@@ -150,25 +158,39 @@ def calls_claim(
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
         "attempt": F("attempt") + 1,
     }
-    if connection.features.has_select_for_update_skip_locked:
-        # Rows another claimer has locked are skipped, not waited for.
-        with transaction.atomic():
-            calls = list(queue.select_for_update(skip_locked=True)[:max_calls])
-            FunctionCall.objects.filter(id__in=[c.id for c in calls]).update(**lease)
-    else:
-        # SQLite: one writer at a time; the state condition keeps it exact.
-        calls = []
-        for call in queue[: max_calls * 2]:
-            if queue.filter(id=call.id).update(**lease):
-                calls.append(call)
-            if len(calls) >= max_calls:
-                break
+    with transaction.atomic():
+        calls = _lease_ready(queue, lease, max_calls)
+        for call in calls:
+            call.state = CallState.LEASED
+            call.attempt += 1
+            call.after = []
+        if chain and calls:
+            calls += calls_lease_ahead(
+                agent=agent, leased=calls, lease=lease, limit=max_calls
+            )
     for call in calls:
         for name, value in lease.items():
-            if name != "attempt":
+            if name not in ("attempt", "state"):
                 setattr(call, name, value)
-        call.attempt += 1
     _agent_seen(agent, now)
+    return calls
+
+
+def _lease_ready(
+    queue: QuerySet, lease: dict[str, Any], max_calls: int
+) -> list[FunctionCall]:
+    if connection.features.has_select_for_update_skip_locked:
+        # Rows another claimer has locked are skipped, not waited for.
+        calls = list(queue.select_for_update(skip_locked=True)[:max_calls])
+        FunctionCall.objects.filter(id__in=[c.id for c in calls]).update(**lease)
+        return calls
+    # SQLite: one writer at a time; the state condition keeps it exact.
+    calls = []
+    for call in queue[: max_calls * 2]:
+        if queue.filter(id=call.id).update(**lease):
+            calls.append(call)
+        if len(calls) >= max_calls:
+            break
     return calls
 
 

@@ -36,7 +36,7 @@ class FakeClient:
     def register(self, site, capabilities, functions):  # noqa: ANN001, ANN201
         return {"agent_id": "agent-1", "lease_seconds": 30}
 
-    def claim(self, agent_id, max_calls, wait):  # noqa: ANN001, ANN201
+    def claim(self, agent_id, max_calls, wait, chain=False):  # noqa: ANN001, ANN201
         taken, self.queue = self.queue[:max_calls], self.queue[max_calls:]
         return taken
 

@@ -25,12 +25,13 @@ import os, time
 time.sleep(float(os.environ.get("HPCSERA_ARG_seconds", "1")))
 print('{"slept": true}')
 """,
+    "fail_later": "#!/bin/sh\nsleep 3\necho about to fail >&2\nexit 3\n",
     "echo_input": """#!/usr/bin/env python3
 import sys, os
 sys.stdout.write(open(os.environ["HPCSERA_INPUT_FILE"]).read())
 """,
 }
-SLURM_FUNCTIONS = ("hello", "fail3", "sleeper")
+SLURM_FUNCTIONS = ("hello", "fail3", "sleeper", "fail_later")
 
 
 def slurm_required() -> bool:

@@ -96,8 +96,12 @@ class Client:
         }
         return self._post("/agents", body, self._timeout)
 
-    def claim(self, agent_id: str, max_calls: int, wait: float) -> list[dict[str, Any]]:
+    def claim(
+        self, agent_id: str, max_calls: int, wait: float, chain: bool = False
+    ) -> list[dict[str, Any]]:
         body = {"max": max_calls, "wait": wait, "session": self.session}
+        if chain:
+            body["chain"] = True
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
         # Calls cancelled while this agent holds them (see cancel.py).
         self.last_cancel = list(data.get("cancel", []))

@@ -36,6 +36,9 @@ class SlurmSettings:
     partition: str = ""
     extra_args: list[str] = field(default_factory=list)
     poll_seconds: float = 2.0
+    # Submit chains of batch calls at once, linked with `afterok` (see
+    # service.Agent._dependencies); off, each step waits for the server.
+    chain_handoff: bool = True
     srun: str = "srun"
     sbatch: str = "sbatch"
     sacct: str = "sacct"
@@ -290,11 +293,16 @@ def _slurm(raw: Any) -> SlurmSettings:
     if not isinstance(raw, dict):
         raise ConfigError("[slurm] must be a table")
     commands = ("srun", "sbatch", "sacct", "squeue", "scancel")
-    _known(raw, "slurm", {"partition", "extra_args", "poll_seconds", *commands})
+    known = {"partition", "extra_args", "poll_seconds", "chain_handoff", *commands}
+    _known(raw, "slurm", known)
+    chain_handoff = raw.get("chain_handoff", True)
+    if not isinstance(chain_handoff, bool):
+        raise ConfigError("[slurm] chain_handoff must be true or false")
     return SlurmSettings(
         partition=raw.get("partition", ""),
         extra_args=_extra_args(raw, "slurm"),
         poll_seconds=_float(raw, "poll_seconds", 2.0, 0.1, 600.0),
+        chain_handoff=chain_handoff,
         **{name: _string(raw, name, name) for name in commands},
     )
 

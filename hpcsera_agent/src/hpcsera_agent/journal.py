@@ -86,10 +86,11 @@ class Journal:
                 pass
 
     def entries(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.folder.glob("*.json")):
-            entry = self.get(path.stem)
-            if entry is not None:
-                yield entry
+        """Every record, in the order the calls were accepted (`order`), so a
+        call of a chain comes after the calls it runs after."""
+        found = [self.get(path.stem) for path in self.folder.glob("*.json")]
+        kept = [e for e in found if e is not None]
+        yield from sorted(kept, key=lambda e: (e.get("order", 0), e["call_id"]))
 
     @contextmanager
     def submission_lock(self, call_id: str, timeout: float) -> Iterator[int]:

@@ -14,6 +14,12 @@ happens to it, and leaves it only when the server has acknowledged its end.
 - `submitted`: the batch job is followed again.
 - `reporting`: the final report is sent again.
 
+A call leased with `after` (a chain handed to the batch system, see
+jobs.chains on the server) is submitted with `--dependency=afterok:` on the
+batch jobs of the calls it names, once they have batch job ids. Records keep
+the order calls were accepted in, so predecessors are resumed, followed and
+reported before their dependents.
+
 Before it claims anything, a starting agent tells the server every call it
 holds; calls leased to it that it does not name never reached it (the answer
 to a claim was lost with the killed process) and go back to the queue.
@@ -62,6 +68,10 @@ class Agent:
         self._doubt: dict[str, float] = {}  # call id -> since when its job is unclear
         self._active: set[str] = set()  # calls a worker thread is on
         self._lock_fd: int | None = None
+        # Batch job ids of calls submitted by this process, kept after their
+        # records are gone: a chain's later step may be submitted after its
+        # predecessor ended and was reported.
+        self._batch_ids: dict[str, str] = {}
 
     def take_state_folder(self) -> None:
         """Refuse to run beside another agent on the same journal."""
@@ -150,7 +160,8 @@ class Agent:
         free = self._wait_for_free_slot(wait)
         if free == 0:
             return 0
-        calls = self.client.claim(self.agent_id, free, wait)
+        chain = self.config.slurm.chain_handoff
+        calls = self.client.claim(self.agent_id, free, wait, chain=chain)
         cancel.stop_cancelled(self, getattr(self.client, "last_cancel", []))
         for call in calls:
             self._accept(call)
@@ -277,6 +288,7 @@ class Agent:
             call=call,
             runner=offered.get("runner") or settings.runner,
             idempotent=bool(offered.get("idempotent", settings.idempotent)),
+            order=time.time_ns(),
         )
         self._start(call["id"])
 
@@ -395,6 +407,7 @@ class Agent:
         else:
             return  # stopping; the journal resumes the submission next time
         self.journal.record(call_id, "submitted", batch_job_id=job_id)
+        self._remember_batch_id(call_id, job_id)
         self._tell(call_id, {"state": "running", "batch_job_id": job_id})
 
     def _submit_once(
@@ -413,9 +426,59 @@ class Agent:
                     return found
             if prepared is None:
                 prepared = runners.prepare(self.config, entry["call"])
-            job_id = backend.submit(prepared, self.config, keep_fds=(fd,))
+            options = {}
+            if entry["call"].get("after"):
+                options["after"] = self._dependencies(entry["call"]["after"])
+            job_id = backend.submit(prepared, self.config, keep_fds=(fd,), **options)
         logger.info("%s submitted as batch job %s", call_id, job_id)
         return job_id
+
+    def _dependencies(self, after: list[str]) -> list[str]:
+        """The batch job ids of the calls in `after`, once all have one.
+
+        The predecessors were accepted first and are being submitted by other
+        workers; this waits for them, at most LOCK_WAIT seconds. A predecessor
+        that ended already is still named: the batch system remembers it for a
+        while and decides from its end whether this job runs.
+        """
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            found, missing = {}, []
+            for call_id in after:
+                job_id, waiting = self._batch_id(call_id)
+                if job_id:
+                    found[call_id] = job_id
+                elif waiting:
+                    missing.append(call_id)
+                else:
+                    raise runners.RunError(
+                        f"the call {call_id} it runs after has no batch job here"
+                    )
+            if not missing:
+                return [found[c] for c in after]
+            if time.monotonic() > deadline or self.stop.wait(0.05):
+                raise TimeoutError(
+                    f"the calls {missing} it runs after are not submitted"
+                )
+
+    def _batch_id(self, call_id: str) -> tuple[str | None, bool]:
+        """A call's batch job id, and whether one may still come."""
+        # TODO: a restarted agent whose predecessor record is already gone
+        # cannot name its job, and fails the dependent; the server could carry
+        # predecessors' batch job ids in the lease instead.
+        if call_id in self._batch_ids:
+            return self._batch_ids[call_id], False
+        entry = self.journal.get(call_id)
+        if entry is None:
+            return None, False
+        if entry.get("batch_job_id"):
+            return entry["batch_job_id"], False
+        return None, entry["phase"] in ("claimed", "submitting")
+
+    def _remember_batch_id(self, call_id: str, job_id: str) -> None:
+        self._batch_ids[call_id] = job_id
+        while len(self._batch_ids) > 10_000:
+            self._batch_ids.pop(next(iter(self._batch_ids)))
 
     def _poll(self, backend: Any, entries: list[dict[str, Any]]) -> int:
         jobs = {e["batch_job_id"]: e["job_name"] for e in entries}

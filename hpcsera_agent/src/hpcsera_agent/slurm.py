@@ -120,10 +120,19 @@ def launcher_path(config: Config) -> Path:
     return path
 
 
-def submit(prepared: Prepared, config: Config, keep_fds: Sequence[int] = ()) -> str:
+def submit(
+    prepared: Prepared,
+    config: Config,
+    keep_fds: Sequence[int] = (),
+    after: Sequence[str] = (),
+) -> str:
+    """Submit the call; with `after` (batch job ids), to start once they all
+    completed successfully. Should one fail, the job waits until cancelled."""
+    dependency = [f"--dependency=afterok:{':'.join(after)}"] if after else []
     argv = [
         config.slurm.sbatch,
         "--parsable",
+        *dependency,
         f"--output={prepared.stdout_path}",
         f"--error={prepared.stderr_path}",
         f"--chdir={prepared.workdir}",
