@@ -75,10 +75,15 @@ class AgentClaimView(APIView):
         data.is_valid(raise_exception=True)
         lease_seconds = settings.HPCSERA["LEASE_SECONDS"]
 
+        looked = []
+
         def claim() -> list[FunctionCall]:
             # A long-poll outlives many checks: the token may be revoked
-            # meanwhile, and then no work may go to it.
-            token_still_live(request.auth)
+            # meanwhile, and then no work may go to it. The first look comes
+            # right after authentication and needs no second check.
+            if looked:
+                token_still_live(request.auth)
+            looked.append(True)
             return calls_claim(
                 agent=agent,
                 max_calls=data.validated_data["max"],

@@ -219,12 +219,12 @@ def call_report(
         moved = FunctionCall.objects.filter(
             id=call_id, agent=agent, state__in=ALLOWED_FROM[state]
         ).update(state=state, **changes)
+        call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
         if moved and state in TERMINAL_STATES:
             # Imported here: the DAG module builds on this one.
             from jobs.dag import call_ended
 
-            call_ended(FunctionCall.objects.get(id=call_id))
-    call = FunctionCall.objects.filter(id=call_id, agent=agent).first()
+            call_ended(call)
     if call is None:
         raise NotFound("No such call leased to this agent.")
     if moved:
