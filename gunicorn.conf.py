@@ -21,17 +21,17 @@ def _release_waiters() -> None:
     hub().close()
 
 
-def worker_int(worker):  # noqa: ANN001, ANN201
+def worker_int(worker):
     _release_waiters()
 
 
-def post_worker_init(worker):  # noqa: ANN001, ANN201
+def post_worker_init(worker):
     # A graceful stop (TERM) would otherwise wait for every long-poll to run
     # out. Waiters released early answer as if their wait had ended: a sync
     # call with 202 and its status URL, a long-poll with no work.
     graceful = worker.handle_exit
 
-    def handle_exit(sig, frame):  # noqa: ANN001, ANN202
+    def handle_exit(sig, frame):
         _release_waiters()
         graceful(sig, frame)
 

@@ -25,7 +25,7 @@ import psycopg
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import harness  # noqa: E402
+from tests import harness
 
 ROLES = "POST_Job,GET_JobStatus,GET_Job,UPDATE_JobStatus"
 FILL = """

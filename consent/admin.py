@@ -39,5 +39,5 @@ class AuthRequestAdmin(admin.ModelAdmin):
         "last_polled_at",
     )
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False

@@ -63,7 +63,7 @@ class AuthRequest(models.Model):
             models.Index(fields=["client", "state"]),
         ]
 
-    def is_expired(self, now=None) -> bool:  # noqa: ANN001
+    def is_expired(self, now=None) -> bool:
         return (now or timezone.now()) >= self.expires_at
 
 

@@ -9,7 +9,7 @@ from hpcsera.errors import PROBLEM_JSON, problem
 
 
 class OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400, **extra):  # noqa: ANN003
+    def __init__(self, error: str, description: str, status: int = 400, **extra):
         super().__init__(description)
         self.error = error
         self.description = description

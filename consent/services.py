@@ -39,7 +39,7 @@ def inbox_channel(user_id: int) -> str:
     return f"inbox:{user_id}"
 
 
-def client_register(*, user, name: str, public_key: str, request=None) -> Client:  # noqa: ANN001
+def client_register(*, user, name: str, public_key: str, request=None) -> Client:
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise BadInput("A client name is 1 to 100 characters.", code="invalid_name")
@@ -62,7 +62,7 @@ def client_register(*, user, name: str, public_key: str, request=None) -> Client
     return client
 
 
-def client_revoke(*, client: Client, request=None) -> None:  # noqa: ANN001
+def client_revoke(*, client: Client, request=None) -> None:
     """Revoke the client and every token it obtained: its key may have leaked."""
     now = timezone.now()
     with transaction.atomic():
@@ -83,7 +83,7 @@ def client_revoke(*, client: Client, request=None) -> None:  # noqa: ANN001
 
 def auth_request_create(
     *, client: Client, params: dict, request
-) -> tuple[str, AuthRequest]:  # noqa: ANN001
+) -> tuple[str, AuthRequest]:
     """Validate a backchannel request; return the request id (shown once)."""
     limits = settings.HPCSERA
     user = (
@@ -140,7 +140,7 @@ def _requested_roles(scope: str) -> frozenset[str]:
         raise OAuthError("invalid_scope", str(exc))
 
 
-def _check_rate(client: Client, user, now, limits) -> None:  # noqa: ANN001
+def _check_rate(client: Client, user, now, limits) -> None:
     pending = AuthRequest.objects.filter(
         client=client, state=AuthRequest.State.PENDING, expires_at__gt=now
     ).count()
@@ -184,7 +184,7 @@ def auth_request_decide(
     auth: AuthRequest,
     approve: bool,
     roles: list[str],
-    request=None,  # noqa: ANN001
+    request=None,
 ) -> AuthRequest:
     """The user approves (possibly narrowing the roles) or denies, once."""
     now = timezone.now()
@@ -234,7 +234,7 @@ def token_poll(*, client: Client, request_id: str) -> IssuedToken:
     return _redeem(auth, client)
 
 
-def _pace(auth: AuthRequest, now) -> None:  # noqa: ANN001
+def _pace(auth: AuthRequest, now) -> None:
     too_fast = auth.last_polled_at and now - auth.last_polled_at < timedelta(
         seconds=auth.interval
     )

@@ -57,7 +57,7 @@ def client_revoke_view(request: HttpRequest, client_id: str) -> HttpResponse:
     return redirect("ui-clients")
 
 
-def _pending(request: HttpRequest):  # noqa: ANN202
+def _pending(request: HttpRequest):
     return (
         AuthRequest.objects.filter(
             user=request.user,

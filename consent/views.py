@@ -32,7 +32,7 @@ def _json(body: dict, status: int = 200) -> JsonResponse:
     return response
 
 
-def oauth_endpoint(view):  # noqa: ANN001, ANN201
+def oauth_endpoint(view):
     """Form-encoded POST, no CSRF (no cookies involved), OAuth-style errors."""
 
     @csrf_exempt
@@ -101,7 +101,7 @@ def _caller(request: HttpRequest, params: dict) -> tuple[object, object]:
     )
 
 
-def _owned(found: Token | None, client, caller_token) -> bool:  # noqa: ANN001
+def _owned(found: Token | None, client, caller_token) -> bool:
     if found is None:
         return False
     if client is not None:

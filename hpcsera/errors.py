@@ -140,11 +140,11 @@ def _auth_challenge(status: int) -> dict[str, str] | None:
     return {"WWW-Authenticate": 'Bearer realm="hpcsera"'} if status == 401 else None
 
 
-def handler404(request, exception=None) -> JsonResponse:  # noqa: ANN001
+def handler404(request, exception=None) -> JsonResponse:
     return problem_response(NotFound("No such resource."))
 
 
-def handler500(request) -> JsonResponse:  # noqa: ANN001
+def handler500(request) -> JsonResponse:
     return JsonResponse(
         problem(
             500, "server_error", "Server error", "The server failed; it is logged."
@@ -154,9 +154,9 @@ def handler500(request) -> JsonResponse:  # noqa: ANN001
     )
 
 
-def handler400(request, exception=None) -> JsonResponse:  # noqa: ANN001
+def handler400(request, exception=None) -> JsonResponse:
     return problem_response(BadInput("The request could not be read."))
 
 
-def handler403(request, exception=None) -> JsonResponse:  # noqa: ANN001
+def handler403(request, exception=None) -> JsonResponse:
     return problem_response(Forbidden("Forbidden.", code="forbidden"))

@@ -82,7 +82,8 @@ class Hub:
             return
         try:
             self._redis().publish(self._prefix + channel, b"")
-        except Exception as exc:  # noqa: BLE001 - a broker outage must not fail a commit
+        # A broker outage must not fail a commit: waiters re-check anyway.
+        except Exception as exc:  # noqa: BLE001
             logger.error("%s publish failed: %s", channel, exc)
             self._wake(channel)
 
@@ -99,7 +100,7 @@ class Hub:
             for waiter in self._waiters.get(channel, ()):
                 waiter.wake()
 
-    def _redis(self):  # noqa: ANN202
+    def _redis(self):
         self._check_fork()
         if self._client is None:
             import redis
@@ -165,7 +166,7 @@ def wait_until(
     recheck: float | None = None,
     on_long_wait=None,
     hold_seconds: float = 1.0,
-):  # noqa: ANN001, ANN201
+):
     """Call `check()` until it returns something truthy or `timeout` passes.
 
     `check` runs once at once, then after every wake-up on `channel` (and every

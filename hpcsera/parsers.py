@@ -23,7 +23,7 @@ def strict_loads(text: str) -> Any:
 
 
 class StrictJSONParser(JSONParser):
-    def parse(self, stream, media_type=None, parser_context=None):  # noqa: ANN001, ANN201
+    def parse(self, stream, media_type=None, parser_context=None):
         encoding = (parser_context or {}).get("encoding", "utf-8")
         try:
             return strict_loads(stream.read().decode(encoding))

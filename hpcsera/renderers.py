@@ -10,7 +10,7 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
     use it. Our permission errors are ApiError, which DRF's check here does not
     expect, so a read-only session would otherwise see an error page."""
 
-    def show_form_for_method(self, view, method, request, obj):  # noqa: ANN001, ANN201
+    def show_form_for_method(self, view, method, request, obj):
         try:
             return super().show_form_for_method(view, method, request, obj)
         except ApiError:

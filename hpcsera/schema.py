@@ -29,11 +29,11 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
     target_class = "tokens.auth.BearerTokenAuthentication"
     name = SCHEME
 
-    def get_security_requirement(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_requirement(self, auto_schema):
         needed = required_roles(auto_schema.view, auto_schema.method)
         return {SCHEME: sorted(needed or [])}
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_definition(self, auto_schema):
         return {
             "type": "oauth2",
             "description": (
@@ -59,10 +59,10 @@ class SessionScheme(OpenApiAuthenticationExtension):
     target_class = "tokens.auth.ReadOnlySessionAuthentication"
     name = "webSession"
 
-    def get_security_requirement(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_requirement(self, auto_schema):
         needed = required_roles(auto_schema.view, auto_schema.method) or set()
         # A session may only read; operations needing more are token-only.
         return {self.name: []} if needed <= {roles.GET_JOB_STATUS} else None
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "cookie", "name": "sessionid"}

@@ -13,7 +13,7 @@ from jobs.urls import api_urlpatterns, faas_urlpatterns
 PUBLIC = {"permission_classes": [AllowAny], "authentication_classes": []}
 
 
-def health(request):  # noqa: ANN001, ANN201
+def health(request):
     return JsonResponse({"status": "ok"})
 
 

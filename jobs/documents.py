@@ -49,7 +49,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """YAML without anchors and aliases: a small document cannot expand into
     a huge one (the "billion laughs")."""
 
-    def compose_node(self, parent, index):  # noqa: ANN001, ANN201
+    def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             raise yaml.YAMLError("aliases are not accepted")
         return super().compose_node(parent, index)
@@ -221,7 +221,7 @@ def _check_acyclic(specs: list[CallSpec]) -> None:
             stack.append(iter(after[name]))
 
 
-def _checked(where: str, check, value):  # noqa: ANN001, ANN202
+def _checked(where: str, check, value):
     try:
         return check(value)
     except BadInput as exc:
@@ -230,7 +230,7 @@ def _checked(where: str, check, value):  # noqa: ANN001, ANN202
         raise _bad(where, "has a value of the wrong type")
 
 
-def _not_json(where: str):  # noqa: ANN202
+def _not_json(where: str):
     def refuse(value: Any) -> Any:
         raise BadInput(f"{where}: 'input' holds {type(value).__name__}, not JSON data.")
 

@@ -95,7 +95,7 @@ def leases_expire_due() -> int:
     return leases_expire()
 
 
-def _still_overdue(ids: list[Any], now: datetime, target: str):  # noqa: ANN202
+def _still_overdue(ids: list[Any], now: datetime, target: str):
     # Re-checked inside the UPDATE: a heartbeat or report that came first wins.
     return Call.objects.filter(
         id__in=ids, state__in=ALLOWED_FROM[target] & HELD_STATES

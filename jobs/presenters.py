@@ -30,7 +30,7 @@ def call_result(call: FunctionCall) -> Any:
         return call.stdout
 
 
-def _iso(value) -> str | None:  # noqa: ANN001
+def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -156,9 +156,12 @@ def job_detail(
     }
 
 
+def job_calls(job: Job) -> list[FunctionCall]:
+    return list(job.calls.select_related("agent").order_by("created_at", "id"))
+
+
 def job_answer(job: Job) -> dict[str, Any]:
-    calls = list(job.calls.select_related("agent").order_by("created_at", "id"))
-    return job_detail(job, calls)
+    return job_detail(job, job_calls(job))
 
 
 def agent_detail(agent: Agent, now: datetime, alive_seconds: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from jobs.presenters import (
     call_detail,
     call_summary,
     job_answer,
+    job_calls,
     job_detail,
 )
 from jobs.services import call_channel, faas_submit
@@ -299,8 +300,10 @@ class JobDetailView(APIView):
     )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(token=request.auth, job_id=job_id)
-        _expire_overdue(list(job.calls.all()))
-        return Response(job_answer(job))
+        calls = job_calls(job)
+        if _expire_overdue(calls):
+            calls = job_calls(job)
+        return Response(job_detail(job, calls))
 
     @extend_schema(
         operation_id="job_cancel",

@@ -15,18 +15,18 @@ ALL = list(roles.ALL_ROLES)
 
 
 @pytest.fixture
-def alice(db):  # noqa: ANN001, ANN201
+def alice(db):
     return get_user_model().objects.create(username="alice")
 
 
 @pytest.fixture
-def bob(db):  # noqa: ANN001, ANN201
+def bob(db):
     return get_user_model().objects.create(username="bob")
 
 
 @pytest.fixture
-def make_token(db) -> Callable[..., str]:  # noqa: ANN001
-    def make(user, tag: str = "proj-a", role_list=None, lifetime: int = 3600) -> str:  # noqa: ANN001
+def make_token(db) -> Callable[..., str]:
+    def make(user, tag: str = "proj-a", role_list=None, lifetime: int = 3600) -> str:
         roles_ = [r for r in (role_list or ALL) if r not in (roles.POST_CODE,)]
         return token_issue(
             user=user, tag=tag, roles=roles_, lifetime_seconds=lifetime
@@ -48,7 +48,7 @@ def client_for() -> Callable[[str], APIClient]:
 def register_agent(
     client: APIClient,
     functions=("hello",),
-    site: str = "site-a",  # noqa: ANN001
+    site: str = "site-a",
     runner: str = "local",
 ) -> str:
     answer = client.post(

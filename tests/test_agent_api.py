@@ -12,11 +12,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 
-def _claim(client, agent_id, max_calls=10, wait=0):  # noqa: ANN001, ANN202
+def _claim(client, agent_id, max_calls=10, wait=0):
     return client.post(
         f"/api/agent/v1/agents/{agent_id}/claim",
         {"max": max_calls, "wait": wait},
@@ -24,7 +24,7 @@ def _claim(client, agent_id, max_calls=10, wait=0):  # noqa: ANN001, ANN202
     )
 
 
-def _report(client, agent_id, call_id, **body):  # noqa: ANN001, ANN003, ANN202
+def _report(client, agent_id, call_id, **body):
     return client.post(
         f"/api/agent/v1/agents/{agent_id}/calls/{call_id}/report", body, format="json"
     )

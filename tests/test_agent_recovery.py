@@ -27,25 +27,25 @@ CALL = "0b9c7f40-0000-4000-8000-000000000001"
 class FakeClient:
     """The agent API as the agent sees it; `down` makes the server unreachable."""
 
-    def __init__(self, calls=(), released=()):  # noqa: ANN001
+    def __init__(self, calls=(), released=()):
         self.queue = list(calls)
         self.reports: list[tuple[str, dict]] = []
         self.released = set(released)
         self.down = False
 
-    def register(self, site, capabilities, functions):  # noqa: ANN001, ANN201
+    def register(self, site, capabilities, functions):
         return {"agent_id": "agent-1", "lease_seconds": 30}
 
-    def claim(self, agent_id, max_calls, wait, chain=False):  # noqa: ANN001, ANN201
+    def claim(self, agent_id, max_calls, wait, chain=False):
         taken, self.queue = self.queue[:max_calls], self.queue[max_calls:]
         return taken
 
-    def heartbeat(self, agent_id, call_ids, complete=False):  # noqa: ANN001, ANN201
+    def heartbeat(self, agent_id, call_ids, complete=False):
         if self.down:
             raise ServerUnavailable("down")
         return {"released": sorted(self.released & set(call_ids))}
 
-    def report(self, agent_id, call_id, report):  # noqa: ANN001, ANN201
+    def report(self, agent_id, call_id, report):
         if self.down:
             raise ServerUnavailable("down")
         if call_id in self.released:
@@ -62,7 +62,7 @@ class FakeClient:
 
 
 @pytest.fixture
-def fake_batch(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+def fake_batch(tmp_path, monkeypatch):
     folder = tmp_path / "bin"
     folder.mkdir()
     for name in ("sbatch", "sacct", "squeue", "scancel", "qsub", "qstat", "qselect"):
@@ -90,7 +90,7 @@ def fake_batch(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
     return Batch()
 
 
-def make_agent(tmp_path: Path, client: FakeClient, **overrides) -> Agent:  # noqa: ANN003
+def make_agent(tmp_path: Path, client: FakeClient, **overrides) -> Agent:
     raw = {
         "server": "http://127.0.0.1:9",
         "token": "t",
@@ -121,7 +121,7 @@ def call(function_name: str, mode: str = "async", call_id: str = CALL) -> dict:
     return {"id": call_id, "job_id": "j1", "function": function_name, "mode": mode}
 
 
-def journal_as_if_killed(tmp_path: Path, phase: str, call_: dict, **fields) -> None:  # noqa: ANN003
+def journal_as_if_killed(tmp_path: Path, phase: str, call_: dict, **fields) -> None:
     runner = {"batch": "slurm", "pbsjob": "pbs"}.get(call_["function"], "local")
     Journal(tmp_path / "state").record(
         call_["id"],

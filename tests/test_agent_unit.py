@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 AGENT_SRC = Path(__file__).parent.parent / "hpcsera_agent" / "src"
 
 
-def config(tmp_path: Path, **overrides):  # noqa: ANN201
+def config(tmp_path: Path, **overrides):
     raw = {
         "server": "http://127.0.0.1:9",
         "token": "t",
@@ -28,7 +28,7 @@ def config(tmp_path: Path, **overrides):  # noqa: ANN201
     return parse(raw)
 
 
-def call(function: str, **extra) -> dict:  # noqa: ANN003
+def call(function: str, **extra) -> dict:
     return {"id": "c1", "job_id": "j1", "function": function, "args": {}, **extra}
 
 

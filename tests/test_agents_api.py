@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 

@@ -39,7 +39,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append(
                     {"path": self.path, "headers": dict(self.headers), "body": body}
@@ -52,7 +52,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -66,7 +66,7 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver(settings) -> Iterator[Receiver]:  # noqa: ANN001
+def receiver(settings) -> Iterator[Receiver]:
     settings.HPCSERA = {
         **settings.HPCSERA,
         "CALLBACK_ALLOW_LOOPBACK": True,
@@ -83,23 +83,23 @@ def receiver(settings) -> Iterator[Receiver]:  # noqa: ANN001
 
 
 @pytest.fixture
-def issued(alice):  # noqa: ANN001, ANN201
+def issued(alice):
     return token_issue(
         user=alice, tag="proj-a", roles=[r for r in ALL if r != roles.POST_CODE]
     )
 
 
 @pytest.fixture
-def alice_client(issued, client_for):  # noqa: ANN001, ANN201
+def alice_client(issued, client_for):
     return client_for(issued.secret)
 
 
 @pytest.fixture
-def agent(alice_client) -> str:  # noqa: ANN001
+def agent(alice_client) -> str:
     return register_agent(alice_client, functions=("hello", "build", "test"))
 
 
-def claim_and_report(client, agent_id, state="succeeded", stdout='{"x": 1}'):  # noqa: ANN001, ANN201
+def claim_and_report(client, agent_id, state="succeeded", stdout='{"x": 1}'):
     calls = client.post(
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 10}, format="json"
     ).json()["calls"]
@@ -114,7 +114,7 @@ def claim_and_report(client, agent_id, state="succeeded", stdout='{"x": 1}'):  #
     return [c["id"] for c in calls]
 
 
-def async_call(client, url: str) -> str:  # noqa: ANN001
+def async_call(client, url: str) -> str:
     answer = client.post("/alice/async-function/hello", HTTP_X_CALLBACK_URL=url)
     assert answer.status_code == 202, answer.content
     return answer.json()["call_id"]

@@ -18,7 +18,7 @@ def resolver_of(*addresses: str) -> ssrf.Resolver:
 
 
 @pytest.fixture
-def no_loopback(settings):  # noqa: ANN001, ANN201
+def no_loopback(settings):
     settings.HPCSERA = {**settings.HPCSERA, "CALLBACK_ALLOW_LOOPBACK": False}
 
 

@@ -39,13 +39,13 @@ def test_it_tells_bob_about_bob_only(alice, bob, make_token, client_for):
     assert "proj-a" not in body.content.decode()
 
 
-def test_without_a_token_it_is_401_with_the_problem_body(client):  # noqa: ANN001
+def test_without_a_token_it_is_401_with_the_problem_body(client):
     answer = client.get("/api/v1/capabilities")
     assert answer.status_code == 401
     assert answer.json()["code"] == "not_authenticated"
 
 
-def test_a_malformed_authorization_header_is_401_invalid_token(client):  # noqa: ANN001
+def test_a_malformed_authorization_header_is_401_invalid_token(client):
     answer = client.get("/api/v1/capabilities", HTTP_AUTHORIZATION="Bearer nope")
     assert answer.status_code == 401
     assert answer.json()["code"] == "invalid_token"

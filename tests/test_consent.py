@@ -26,7 +26,7 @@ CIBA = "urn:openid:params:grant-type:ciba"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-def public_pem(key) -> str:  # noqa: ANN001
+def public_pem(key) -> str:
     return (
         key.public_key()
         .public_bytes(
@@ -36,7 +36,7 @@ def public_pem(key) -> str:  # noqa: ANN001
     )
 
 
-def assertion(client_id: str, key, **overrides) -> str:  # noqa: ANN001, ANN003
+def assertion(client_id: str, key, **overrides) -> str:
     now = int(time.time())
     claims = {
         "iss": client_id,
@@ -52,24 +52,24 @@ def assertion(client_id: str, key, **overrides) -> str:  # noqa: ANN001, ANN003
 
 
 @pytest.fixture(autouse=True)
-def issuer(settings):  # noqa: ANN001, ANN201
+def issuer(settings):
     settings.HPCSERA = {**settings.HPCSERA, "ISSUER": ISSUER}
 
 
 @pytest.fixture
-def web(alice) -> WebClient:  # noqa: ANN001
+def web(alice) -> WebClient:
     client = WebClient()
     client.force_login(alice)
     return client
 
 
 @pytest.fixture
-def key():  # noqa: ANN201
+def key():
     return ed25519.Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
-def client_id(web, key) -> str:  # noqa: ANN001
+def client_id(web, key) -> str:
     answer = web.post(
         "/ui/clients", {"name": "ci runner", "public_key": public_pem(key)}
     )
@@ -80,40 +80,40 @@ def client_id(web, key) -> str:  # noqa: ANN001
 FORM = "application/x-www-form-urlencoded"
 
 
-def form(http: WebClient, path: str, data: dict, **headers):  # noqa: ANN003, ANN201
+def form(http: WebClient, path: str, data: dict, **headers):
     return http.post(path, urlencode(data, doseq=True), content_type=FORM, **headers)
 
 
 class Flow:
-    def __init__(self, client_id: str, key) -> None:  # noqa: ANN001
+    def __init__(self, client_id: str, key) -> None:
         self.client_id, self.key = client_id, key
         self.http = WebClient()
 
-    def auth(self, **extra) -> dict:  # noqa: ANN003
+    def auth(self, **extra) -> dict:
         return {
             "client_assertion_type": JWT_BEARER,
             "client_assertion": assertion(self.client_id, self.key),
             **extra,
         }
 
-    def ask(self, scope="POST_Job GET_JobStatus", **extra):  # noqa: ANN001, ANN003, ANN201
+    def ask(self, scope="POST_Job GET_JobStatus", **extra):
         data = self.auth(
             login_hint="alice", scope=scope, tag="proj-a", binding_message="CODE 42"
         )
         data.update(extra)
         return form(self.http, "/oauth/bc-authorize", data)
 
-    def poll(self, request_id: str, **extra):  # noqa: ANN003, ANN201
+    def poll(self, request_id: str, **extra):
         data = self.auth(grant_type=CIBA, auth_req_id=request_id, **extra)
         return form(self.http, "/oauth/token", data)
 
 
 @pytest.fixture
-def flow(client_id, key) -> Flow:  # noqa: ANN001
+def flow(client_id, key) -> Flow:
     return Flow(client_id, key)
 
 
-def approve(web, request_id_pk, roles) -> None:  # noqa: ANN001
+def approve(web, request_id_pk, roles) -> None:
     answer = web.post(
         f"/ui/requests/{request_id_pk}/decide", {"decision": "approve", "roles": roles}
     )

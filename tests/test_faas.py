@@ -12,12 +12,12 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def fast_sync(settings):  # noqa: ANN001, ANN201
+def fast_sync(settings):
     settings.HPCSERA = {**settings.HPCSERA, "SYNC_WAIT_SECONDS": 0.2}
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     client = client_for(make_token(alice))
     register_agent(client, functions=("hello", "sleepy"))
     return client

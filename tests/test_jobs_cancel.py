@@ -14,16 +14,16 @@ CHAIN = {"calls": [{"function": "build"}, {"function": "run"}]}
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 
 @pytest.fixture
-def agent(alice_client) -> str:  # noqa: ANN001
+def agent(alice_client) -> str:
     return register_agent(alice_client, functions=("build", "run"))
 
 
-def claim_answer(client, agent_id) -> dict:  # noqa: ANN001
+def claim_answer(client, agent_id) -> dict:
     return client.post(
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 10}, format="json"
     ).json()

@@ -20,11 +20,11 @@ A_B_C = {
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 
-def register(client, site: str = "site-a", local: tuple = ()) -> str:  # noqa: ANN001
+def register(client, site: str = "site-a", local: tuple = ()) -> str:
     functions = [{"name": "step", "runner": "slurm"}]
     functions += [{"name": name, "runner": "local"} for name in local]
     answer = client.post(
@@ -37,11 +37,11 @@ def register(client, site: str = "site-a", local: tuple = ()) -> str:  # noqa: A
 
 
 @pytest.fixture
-def agent(alice_client) -> str:  # noqa: ANN001
+def agent(alice_client) -> str:
     return register(alice_client)
 
 
-def claim(client, agent_id, chain=True, max_calls=10) -> dict:  # noqa: ANN001
+def claim(client, agent_id, chain=True, max_calls=10) -> dict:
     answer = client.post(
         f"/api/agent/v1/agents/{agent_id}/claim",
         {"max": max_calls, "chain": chain},
@@ -51,7 +51,7 @@ def claim(client, agent_id, chain=True, max_calls=10) -> dict:  # noqa: ANN001
     return answer.json()
 
 
-def report(client, agent_id, call_id, state, **fields) -> dict:  # noqa: ANN001, ANN003
+def report(client, agent_id, call_id, state, **fields) -> dict:
     answer = client.post(
         f"/api/agent/v1/agents/{agent_id}/calls/{call_id}/report",
         {"state": state, **fields},
@@ -109,7 +109,7 @@ def test_a_local_dependency_keeps_the_dependent_waiting(alice_client):
 
 
 def test_a_dependency_held_by_another_agent_keeps_the_dependent_waiting(
-    alice_client,  # noqa: ANN001
+    alice_client,
 ):
     here, there = register(alice_client), register(alice_client, site="site-b")
     doc = {
@@ -139,8 +139,8 @@ def test_a_call_for_another_site_is_not_leased_ahead(alice_client, agent):
 
 
 def test_a_dependent_added_after_its_step_was_leased_waits_for_it(
-    alice_client,  # noqa: ANN001
-    agent,  # noqa: ANN001
+    alice_client,
+    agent,
 ):
     job = submit(alice_client, {"calls": [{"name": "a", "function": "step"}]}).json()
     claim(alice_client, agent)
@@ -179,8 +179,8 @@ def test_success_keeps_the_steps_leased_ahead_and_the_chain_ends(alice_client, a
 
 
 def test_a_failed_step_cancels_the_steps_ahead_and_lists_them_to_stop(
-    alice_client,  # noqa: ANN001
-    agent,  # noqa: ANN001
+    alice_client,
+    agent,
 ):
     job = submit(alice_client, A_B_C).json()
     call = ids(job)
@@ -209,8 +209,8 @@ def test_a_failed_step_cancels_the_steps_ahead_and_lists_them_to_stop(
 
 
 def test_an_expired_lease_puts_a_step_leased_ahead_back_to_waiting(
-    alice_client,  # noqa: ANN001
-    agent,  # noqa: ANN001
+    alice_client,
+    agent,
 ):
     job = submit(alice_client, A_B_C).json()
     claim(alice_client, agent)
@@ -228,7 +228,7 @@ def test_an_expired_lease_puts_a_step_leased_ahead_back_to_waiting(
     }
 
 
-def test_bob_never_gets_alice_s_chain(alice_client, bob, make_token, client_for):  # noqa: ANN001
+def test_bob_never_gets_alice_s_chain(alice_client, bob, make_token, client_for):
     bob_client = client_for(make_token(bob))
     bobs_agent = register(bob_client)
     submit(alice_client, A_B_C)

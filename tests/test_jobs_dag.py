@@ -20,27 +20,27 @@ FUNCTIONS = ("build", "stage", "run", "post")
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 
 @pytest.fixture
-def agent(alice_client) -> str:  # noqa: ANN001
+def agent(alice_client) -> str:
     return register_agent(alice_client, functions=FUNCTIONS)
 
 
-def submit(client, doc, **kwargs):  # noqa: ANN001, ANN003, ANN202
+def submit(client, doc, **kwargs):
     return client.post("/api/v1/jobs", doc, format="json", **kwargs)
 
 
-def claim(client, agent_id) -> list[str]:  # noqa: ANN001
+def claim(client, agent_id) -> list[str]:
     answer = client.post(
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 10}, format="json"
     )
     return sorted(c["function"] for c in answer.json()["calls"])
 
 
-def finish(client, agent_id, function, state="succeeded", exit_code=0):  # noqa: ANN001, ANN202
+def finish(client, agent_id, function, state="succeeded", exit_code=0):
     call = FunctionCall.objects.get(function=function, agent_id=agent_id)
     answer = client.post(
         f"/api/agent/v1/agents/{agent_id}/calls/{call.id}/report",
@@ -50,7 +50,7 @@ def finish(client, agent_id, function, state="succeeded", exit_code=0):  # noqa:
     assert answer.status_code == 200, answer.content
 
 
-def states(client, job_id) -> dict[str, str]:  # noqa: ANN001
+def states(client, job_id) -> dict[str, str]:
     job = client.get(f"/api/v1/jobs/{job_id}").json()
     return {c["name"]: c["state"] for c in job["calls"]}
 

@@ -20,16 +20,16 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def sweep_every_time(settings):  # noqa: ANN001, ANN201
+def sweep_every_time(settings):
     settings.HPCSERA = {**settings.HPCSERA, "LEASE_SWEEP_SECONDS": 0}
 
 
 @pytest.fixture
-def alice_client(alice, make_token, client_for):  # noqa: ANN001, ANN201
+def alice_client(alice, make_token, client_for):
     return client_for(make_token(alice))
 
 
-def register(client, site="a", idempotent=False, functions=("hello",)):  # noqa: ANN001, ANN201
+def register(client, site="a", idempotent=False, functions=("hello",)):
     answer = client.post(
         "/api/agent/v1/agents",
         {
@@ -46,7 +46,7 @@ def register(client, site="a", idempotent=False, functions=("hello",)):  # noqa:
     return answer.json()["agent_id"]
 
 
-def claim(client, agent_id):  # noqa: ANN001, ANN201
+def claim(client, agent_id):
     answer = client.post(
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 10}, format="json"
     )
@@ -54,13 +54,13 @@ def claim(client, agent_id):  # noqa: ANN001, ANN201
     return [c["id"] for c in answer.json()["calls"]]
 
 
-def heartbeat(client, agent_id, calls):  # noqa: ANN001, ANN201
+def heartbeat(client, agent_id, calls):
     return client.post(
         f"/api/agent/v1/agents/{agent_id}/heartbeat", {"calls": calls}, format="json"
     )
 
 
-def report(client, agent_id, call_id, **body):  # noqa: ANN001, ANN003, ANN201
+def report(client, agent_id, call_id, **body):
     return client.post(
         f"/api/agent/v1/agents/{agent_id}/calls/{call_id}/report", body, format="json"
     )

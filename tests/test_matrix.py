@@ -40,7 +40,7 @@ BODIES = {
 def api_routes() -> list[tuple[str, str, type[APIView]]]:
     found = []
 
-    def walk(patterns, prefix: str = "") -> None:  # noqa: ANN001
+    def walk(patterns, prefix: str = "") -> None:
         for entry in patterns:
             if isinstance(entry, URLResolver):
                 walk(entry.url_patterns, prefix + str(entry.pattern))
@@ -90,7 +90,7 @@ def snapshot() -> list:
 
 
 @pytest.fixture
-def world(alice, bob, make_token, client_for):  # noqa: ANN001, ANN201
+def world(alice, bob, make_token, client_for):
     alice_client = client_for(make_token(alice))
     agent_id = register_agent(alice_client, functions=("hello",))
     # An ended call with a callback, so that alice has a delivery to guard.
@@ -134,14 +134,14 @@ def fill(route: str, params: dict) -> str:
     return "/" + PARAM.sub(value, route)
 
 
-def outsiders(alice, bob, make_token):  # noqa: ANN001, ANN201
+def outsiders(alice, bob, make_token):
     return {
         "bob": make_token(bob),
         "alice-other-tag": make_token(alice, tag="proj-b"),
     }
 
 
-def every_request(world):  # noqa: ANN001, ANN201
+def every_request(world):
     for route, name, view in api_routes():
         path = fill(route, world["params"])
         for method, needed in view.required_roles.items():
@@ -149,7 +149,7 @@ def every_request(world):  # noqa: ANN001, ANN201
             yield path, name, method, frozenset(needed), is_object
 
 
-def send(client, method: str, path: str, name: str):  # noqa: ANN001, ANN202
+def send(client, method: str, path: str, name: str):
     body = BODIES.get(name)
     return getattr(client, method.lower())(path, body, format="json")
 
@@ -229,7 +229,7 @@ def test_every_endpoint_either_declares_roles_or_is_a_known_exception():
     covered = {route for route, _, _ in api_routes()}
     stray = []
 
-    def walk(patterns, prefix: str = "") -> None:  # noqa: ANN001
+    def walk(patterns, prefix: str = "") -> None:
         for entry in patterns:
             route = prefix + str(entry.pattern)
             if (

@@ -61,7 +61,7 @@ def test_a_token_lifetime_is_capped_by_its_most_powerful_role(alice):
     assert token.expires_at - token.created_at <= timedelta(days=1)
 
 
-def _status(client_for, secret):  # noqa: ANN001, ANN202
+def _status(client_for, secret):
     return client_for(secret).get("/api/v1/jobs")
 
 

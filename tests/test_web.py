@@ -19,13 +19,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice_web(alice) -> Client:  # noqa: ANN001
+def alice_web(alice) -> Client:
     client = Client()
     client.force_login(alice)
     return client
 
 
-def new_token(client: Client, **fields) -> object:  # noqa: ANN003
+def new_token(client: Client, **fields) -> object:
     data = {"name": "n", "tag": "proj-a", "roles": ["POST_Job"], "lifetime": 3600}
     data.update(fields)
     return client.post("/ui/tokens", data)
@@ -167,11 +167,11 @@ def test_the_schema_is_public_and_lists_roles_as_scopes(db):
 class FakeProvider(IdentityBackend):
     """The library's signature and userinfo steps replaced by fixed claims."""
 
-    def __init__(self, payload: dict, userinfo: dict):  # noqa: D107
+    def __init__(self, payload: dict, userinfo: dict):
         self.payload, self.userinfo = payload, userinfo
         self.UserModel = get_user_model()
 
-    def get_userinfo(self, access_token, id_token, payload):  # noqa: ANN001, ANN201
+    def get_userinfo(self, access_token, id_token, payload):
         return self.userinfo
 
 
@@ -179,7 +179,7 @@ ISSUER = "https://idp.uni.example"
 
 
 @pytest.fixture
-def oidc_settings(settings):  # noqa: ANN001, ANN201
+def oidc_settings(settings):
     settings.OIDC_OP_ISSUER = ISSUER
     settings.OIDC_RP_CLIENT_ID = "hpcsera"
     return settings
@@ -241,7 +241,7 @@ def test_a_disabled_user_is_out_of_the_web_ui_at_once(oidc_settings, alice):
 def test_names_the_server_answers_and_case_twins_are_not_given_out(
     oidc_settings, alice
 ):
-    def login(subject: str, name: str):  # noqa: ANN202
+    def login(subject: str, name: str):
         return FakeProvider(
             {"iss": ISSUER, "sub": subject},
             {"sub": subject, "preferred_username": name},

@@ -34,14 +34,14 @@ class TokenAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke"]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
     @admin.action(description="Revoke the selected tokens")
-    def revoke(self, request, queryset) -> None:  # noqa: ANN001
+    def revoke(self, request, queryset) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
@@ -55,8 +55,8 @@ class SecurityEventAdmin(admin.ModelAdmin):
     search_fields = ("user__username",)
     readonly_fields = ("user", "kind", "detail", "source_ip", "created_at")
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

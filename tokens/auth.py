@@ -37,7 +37,7 @@ class SessionPrincipal:
 
 
 class ReadOnlySessionAuthentication(SessionAuthentication):
-    def authenticate(self, request):  # noqa: ANN001, ANN201
+    def authenticate(self, request):
         found = super().authenticate(request)
         if found is None:
             return None
@@ -47,7 +47,7 @@ class ReadOnlySessionAuthentication(SessionAuthentication):
 
 
 class BearerTokenAuthentication(BaseAuthentication):
-    def authenticate(self, request):  # noqa: ANN001, ANN201
+    def authenticate(self, request):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -60,7 +60,7 @@ class BearerTokenAuthentication(BaseAuthentication):
         token = token_authenticate(value.strip())
         return (token.user, token)
 
-    def authenticate_header(self, request) -> str:  # noqa: ANN001
+    def authenticate_header(self, request) -> str:
         return 'Bearer realm="hpcsera"'
 
 
@@ -73,7 +73,7 @@ def required_roles(view: object, method: str) -> frozenset[str] | None:
 
 
 class RolePermission(BasePermission):
-    def has_permission(self, request, view) -> bool:  # noqa: ANN001
+    def has_permission(self, request, view) -> bool:
         token = request.auth
         if not isinstance(token, (Token, SessionPrincipal)):
             raise NotAuthenticated(

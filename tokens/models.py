@@ -39,7 +39,7 @@ class Token(models.Model):
     def role_set(self) -> frozenset[str]:
         return frozenset(self.roles)
 
-    def is_expired(self, now=None) -> bool:  # noqa: ANN001
+    def is_expired(self, now=None) -> bool:
         return (now or timezone.now()) >= self.expires_at
 
     @property
@@ -54,8 +54,8 @@ class SecurityEvent(models.Model):
         LOGIN = "login", "Login"
         LOGIN_FAILED = "login_failed", "Failed login"
         LOGOUT = "logout", "Logout"
-        TOKEN_CREATED = "token_created", "Token created"  # noqa: S105 - an event
-        TOKEN_REVOKED = "token_revoked", "Token revoked"  # noqa: S105 - an event
+        TOKEN_CREATED = "token_created", "Token created"
+        TOKEN_REVOKED = "token_revoked", "Token revoked"
         AGENT_REGISTERED = "agent_registered", "Agent registered"
         CLIENT_REGISTERED = "client_registered", "Client registered"
         CLIENT_REVOKED = "client_revoked", "Client revoked"

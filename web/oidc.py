@@ -42,7 +42,7 @@ RESERVED_USERNAMES = frozenset(
 
 
 class IdentityBackend(OIDCAuthenticationBackend):
-    def get_user(self, user_id):  # noqa: ANN001, ANN201
+    def get_user(self, user_id):
         # Checked on every request of a session: a disabled account is out at
         # once, not when its session expires.
         user = super().get_user(user_id)
@@ -64,7 +64,7 @@ class IdentityBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("ID token without a subject")
         return payload
 
-    def get_or_create_user(self, access_token: str, id_token: str, payload: dict):  # noqa: ANN201
+    def get_or_create_user(self, access_token: str, id_token: str, payload: dict):
         claims = self.get_userinfo(access_token, id_token, payload)
         if claims.get("sub") != payload["sub"]:
             # OpenID Connect Core 5.3.2: userinfo must describe the same subject.
@@ -80,7 +80,7 @@ class IdentityBackend(OIDCAuthenticationBackend):
             return None
         return self._create(payload["iss"], payload["sub"], claims)
 
-    def _create(self, issuer: str, subject: str, claims: dict):  # noqa: ANN202
+    def _create(self, issuer: str, subject: str, claims: dict):
         User = get_user_model()
         base = _username_from(claims, subject)
         for attempt in range(50):

@@ -6,12 +6,12 @@ from tokens.models import SecurityEvent
 
 
 @receiver(user_logged_in)
-def _logged_in(sender, request, user, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _logged_in(sender, request, user, **kwargs) -> None:
     security_event_record(user=user, kind=SecurityEvent.Kind.LOGIN, request=request)
 
 
 @receiver(user_logged_out)
-def _logged_out(sender, request, user, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _logged_out(sender, request, user, **kwargs) -> None:
     if user is not None:
         security_event_record(
             user=user, kind=SecurityEvent.Kind.LOGOUT, request=request

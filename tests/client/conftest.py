@@ -14,7 +14,7 @@ class Sleeps(list):
 
 
 @pytest.fixture
-def scripted():  # noqa: ANN201
+def scripted():
     server = Scripted()
     yield server
     server.close()
@@ -26,7 +26,7 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-def client(scripted, sleeps) -> Client:  # noqa: ANN001
+def client(scripted, sleeps) -> Client:
     return Client(
         scripted.url,
         "hpcsera_test_secret",

@@ -60,7 +60,7 @@ class Scripted:
 
             do_GET = do_POST = do_DELETE = _answer
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

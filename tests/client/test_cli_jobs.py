@@ -18,7 +18,7 @@ from tests.client.test_login import STARTED, metadata
 
 
 @pytest.fixture
-def env(monkeypatch, scripted, tmp_path):  # noqa: ANN001, ANN201
+def env(monkeypatch, scripted, tmp_path):
     monkeypatch.setenv("HPCSERA_SERVER", scripted.url)
     monkeypatch.setenv("HPCSERA_TOKEN", "hpcsera_x_y")
     monkeypatch.setenv("HPCSERA_CONFIG", str(tmp_path / "client.json"))
@@ -42,7 +42,7 @@ def a_job(*states: str) -> dict:
 
 
 @pytest.fixture
-def jobfile(tmp_path):  # noqa: ANN001, ANN201
+def jobfile(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("calls:\n  - {name: step0, function: f}\n")
     return path
@@ -80,7 +80,7 @@ def test_cancel_sends_delete_and_says_how_many_calls_ended(env, capsys):
 
 
 @pytest.fixture
-def key(tmp_path):  # noqa: ANN001, ANN201
+def key(tmp_path):
     path = tmp_path / "client.key"
     path.write_bytes(
         ed25519.Ed25519PrivateKey.generate().private_bytes(
@@ -92,7 +92,7 @@ def key(tmp_path):  # noqa: ANN001, ANN201
     return path
 
 
-def login_argv(env, key) -> list[str]:  # noqa: ANN001, F811
+def login_argv(env, key) -> list[str]:
     return [
         "--server", env.url, "login", "--client-id", "cid", "--key", str(key),
         "--user", "alice", "--roles", "POST_Job",

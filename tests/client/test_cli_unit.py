@@ -13,14 +13,14 @@ from tests.client.scripted import Answer
 
 
 @pytest.fixture
-def env(monkeypatch, scripted, tmp_path):  # noqa: ANN001, ANN201
+def env(monkeypatch, scripted, tmp_path):
     monkeypatch.setenv("HPCSERA_SERVER", scripted.url)
     monkeypatch.setenv("HPCSERA_TOKEN", "hpcsera_x_y")
     monkeypatch.setenv("HPCSERA_CONFIG", str(tmp_path / "client.json"))
     return scripted
 
 
-def one_line_error(capsys) -> str:  # noqa: ANN001
+def one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("hpcsera: error: ")

@@ -17,7 +17,7 @@ from tests.client.scripted import Answer
 
 
 @pytest.fixture
-def key(tmp_path):  # noqa: ANN001, ANN201
+def key(tmp_path):
     private = ed25519.Ed25519PrivateKey.generate()
     path = tmp_path / "client.key"
     path.write_bytes(
@@ -45,7 +45,7 @@ STARTED = Answer(200, {"auth_req_id": "r1", "expires_in": 300, "interval": 2})
 PENDING = Answer(400, {"error": "authorization_pending"})
 
 
-def form(seen) -> dict:  # noqa: ANN001
+def form(seen) -> dict:
     return {k: v[0] for k, v in parse_qs(seen.body.decode()).items()}
 
 

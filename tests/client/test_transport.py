@@ -34,7 +34,7 @@ STATUS = {
 }
 
 
-def problem(status: int, code: str, **extra) -> Answer:  # noqa: ANN003
+def problem(status: int, code: str, **extra) -> Answer:
     body = {"status": status, "code": code, "detail": f"{code} said", **extra}
     return Answer(status, body, content_type=PROBLEM)
 

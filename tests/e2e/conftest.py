@@ -51,7 +51,7 @@ def slurm() -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):  # noqa: ANN001, ANN201
+def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     srv = harness.start_server(tmp, HPCSERA_SYNC_WAIT_SECONDS="10")
     yield srv
@@ -59,7 +59,7 @@ def server(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
-def alice_tokens(server):  # noqa: ANN001, ANN201
+def alice_tokens(server):
     return {
         "agent": server.token("alice", AGENT_ROLES),
         "client": server.token("alice", CLIENT_ROLES),
@@ -68,7 +68,7 @@ def alice_tokens(server):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
-def functions_dir(tmp_path_factory) -> Path:  # noqa: ANN001
+def functions_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("functions")
     for name, source in FUNCTIONS.items():
         harness.install_function(folder, name, source)
@@ -78,7 +78,7 @@ def functions_dir(tmp_path_factory) -> Path:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def agent(server, alice_tokens, functions_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+def agent(server, alice_tokens, functions_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("agent")
     slurm_table = "".join(
         f'[functions.slurm_{name}]\nrunner = "slurm"\n' for name in SLURM_FUNCTIONS
@@ -102,11 +102,11 @@ class Api:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def post(self, path: str, **kwargs) -> requests.Response:  # noqa: ANN003
+    def post(self, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", 60)
         return self.session.post(self.url + path, **kwargs)
 
-    def get(self, path: str, **kwargs) -> requests.Response:  # noqa: ANN003
+    def get(self, path: str, **kwargs) -> requests.Response:
         return self.session.get(self.url + path, timeout=60, **kwargs)
 
     def wait_terminal(self, status_url: str, timeout: float = 60) -> dict:
@@ -119,7 +119,7 @@ class Api:
 
 
 @pytest.fixture(scope="session")
-def api(server, alice_tokens) -> Api:  # noqa: ANN001
+def api(server, alice_tokens) -> Api:
     return Api(server.url, alice_tokens["client"])
 
 
@@ -137,7 +137,7 @@ ALICE = ("alice", "correct-horse-alice")
 
 
 @pytest.fixture(scope="session")
-def sso(tmp_path_factory):  # noqa: ANN001, ANN201
+def sso(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sso")
     port = harness.free_port()
     provider = harness.start_provider(
@@ -150,7 +150,7 @@ def sso(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
-def page(tmp_path_factory):  # noqa: ANN001, ANN201
+def page(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is needed at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -164,7 +164,7 @@ def page(tmp_path_factory):  # noqa: ANN001, ANN201
         browser.close()
 
 
-def log_in(page, server) -> None:  # noqa: ANN001
+def log_in(page, server) -> None:
     """Log alice in through the provider, unless this browser already is."""
     page.goto(server.url + "/ui/")
     if "/ui/login" not in page.url:

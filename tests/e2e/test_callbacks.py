@@ -28,7 +28,7 @@ class Receiver(ThreadingHTTPServer):
         received = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.posts.append((dict(self.headers), body))
                 self.send_response(200)
@@ -36,7 +36,7 @@ class Receiver(ThreadingHTTPServer):
                 self.end_headers()
                 received.arrived.set()
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
@@ -44,7 +44,7 @@ class Receiver(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def worker_server(tmp_path):  # noqa: ANN001, ANN201
+def worker_server(tmp_path):
     broker = os.environ.get("REDIS_URL", "")
     if not broker:
         pytest.skip("needs Redis (REDIS_URL) as the Celery broker; .ci/run sets it")

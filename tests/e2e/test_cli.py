@@ -17,10 +17,10 @@ HPCSERA = str(Path(harness.PYTHON).parent / "hpcsera")
 
 
 @pytest.fixture(scope="module")
-def run(server, alice_tokens, tmp_path_factory):  # noqa: ANN001, ANN201
+def run(server, alice_tokens, tmp_path_factory):
     config = tmp_path_factory.mktemp("cli") / "client.json"
 
-    def run(*argv: str, token: str | None = None, stdin: str = "", **env: str):  # noqa: ANN202
+    def run(*argv: str, token: str | None = None, stdin: str = "", **env: str):
         environ = {
             **os.environ,
             "HPCSERA_SERVER": server.url,
@@ -173,7 +173,7 @@ def test_submit_watch_exits_1_when_a_call_fails(run, agent, tmp_path):
     assert final == {"failed", "cancelled"}
 
 
-def running(api, call_id: str) -> dict:  # noqa: ANN001
+def running(api, call_id: str) -> dict:
     deadline = time.monotonic() + 60
     while True:
         status = api.get(f"/api/v1/calls/{call_id}").json()

@@ -135,7 +135,7 @@ def test_the_sdk_logs_in_by_the_users_approval(sso, page, tmp_path):
                 server.url, client_id, key, "alice", "GET_JobStatus POST_Job",
                 tag="notebook", on_code=codes.put,
             )  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+        except Exception as exc:
             outcome["error"] = exc
 
     worker = threading.Thread(target=log_in_sdk)

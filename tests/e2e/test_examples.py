@@ -18,7 +18,7 @@ GITLAB_KEYWORDS = {"stages", "variables", "default", "include", "workflow"}
 
 
 @pytest.fixture
-def client_env(server, alice_tokens) -> dict:  # noqa: ANN001
+def client_env(server, alice_tokens) -> dict:
     bin_dir = str(Path(harness.PYTHON).parent)
     return {
         **os.environ,

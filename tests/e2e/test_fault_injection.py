@@ -50,7 +50,7 @@ def config_extra() -> str:
 
 
 @pytest.fixture
-def cluster(tmp_path, slurm):  # noqa: ANN001, ANN201
+def cluster(tmp_path, slurm):
     server = harness.start_server(
         tmp_path,
         HPCSERA_LEASE_SECONDS="120",

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def owner(server) -> Api:  # noqa: ANN001
+def owner(server) -> Api:
     token = server.token("alice", "POST_Job,GET_JobStatus,DELETE_Job")
     return Api(server.url, token)
 

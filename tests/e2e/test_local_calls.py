@@ -128,7 +128,7 @@ def test_twenty_waiting_sync_calls_do_not_block_a_status_request(
     assert results == [202] * 20
 
 
-def harness_register(server, token: str, site: str, function: str) -> str:  # noqa: ANN001
+def harness_register(server, token: str, site: str, function: str) -> str:
     answer = requests.post(
         server.url + "/api/agent/v1/agents",
         json={
@@ -192,7 +192,7 @@ def test_two_long_polling_claimers_never_receive_the_same_call(
 
 
 def test_a_chunked_body_reaches_the_function(api, agent):
-    def chunks():  # noqa: ANN202
+    def chunks():
         yield b'{"chunked": '
         yield b"true}"
 
@@ -206,7 +206,7 @@ def test_a_chunked_body_reaches_the_function(api, agent):
 
 
 def test_a_chunked_body_over_the_limit_is_400(api, agent):
-    def chunks():  # noqa: ANN202
+    def chunks():
         yield b'{"a": "'
         for _ in range(17):
             yield b"x" * 65536

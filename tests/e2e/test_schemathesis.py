@@ -28,7 +28,7 @@ EXAMPLES = "30"
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(tmp_path_factory):  # noqa: ANN001, ANN201
+def fuzzed_server(tmp_path_factory):
     server = harness.start_server(
         tmp_path_factory.mktemp("fuzzed"),
         HPCSERA_SYNC_WAIT_SECONDS="0.2",
@@ -82,7 +82,7 @@ def test_no_operation_of_the_schema_answers_a_server_error(fuzzed_server, tmp_pa
     assert "Traceback" not in server_log, server_log[-4000:]
 
 
-def test_the_schema_and_its_viewer_are_served(fuzzed_server):  # noqa: ANN001
+def test_the_schema_and_its_viewer_are_served(fuzzed_server):
     schema = requests.get(fuzzed_server.url + "/api/schema?format=json", timeout=10)
     assert {
         "/api/v1/capabilities",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def sdk(server, alice_tokens) -> Client:  # noqa: ANN001
+def sdk(server, alice_tokens) -> Client:
     return Client(server.url, alice_tokens["client"])
 
 
@@ -109,7 +109,7 @@ def test_another_users_call_is_not_found(server, sdk, agent):
 
 
 @pytest.fixture(scope="module")
-def owner(server) -> Client:  # noqa: ANN001
+def owner(server) -> Client:
     roles = "POST_Job,GET_JobStatus,UPDATE_JobStatus,DELETE_Job"
     return Client(server.url, server.token("alice", roles))
 

@@ -10,7 +10,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 
-def chain(api, first: str) -> dict:  # noqa: ANN001
+def chain(api, first: str) -> dict:
     doc = {
         "calls": [
             {"name": "a", "function": first, "args": {"seconds": "3"}},
@@ -23,7 +23,7 @@ def chain(api, first: str) -> dict:  # noqa: ANN001
     return answer.json()
 
 
-def job_ended(api, job: dict) -> dict[str, dict]:  # noqa: ANN001
+def job_ended(api, job: dict) -> dict[str, dict]:
     calls = {}
     for call in job["calls"]:
         status = api.wait_terminal(call["status_url"], timeout=120)
@@ -86,7 +86,7 @@ def slurm_state(job_id: str) -> str:
     return done.stdout.strip()
 
 
-def _wait_finished(api, status: dict) -> dict:  # noqa: ANN001
+def _wait_finished(api, status: dict) -> dict:
     deadline = time.monotonic() + 60
     while not status["timings"]["finished_at"] and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -6,7 +6,7 @@ class Validator(OAuth2Validator):
         "preferred_username": "profile"
     }
 
-    def get_additional_claims(self, request):  # noqa: ANN001, ANN201
+    def get_additional_claims(self, request):
         return {
             "preferred_username": request.user.username,
             "email": request.user.email,

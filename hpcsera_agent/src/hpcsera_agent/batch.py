@@ -50,7 +50,7 @@ class BatchState:
         return "" if self.succeeded else self.detail
 
 
-def run(argv: Sequence[str], keep_fds: Sequence[int] = (), **kwargs) -> str:  # noqa: ANN003
+def run(argv: Sequence[str], keep_fds: Sequence[int] = (), **kwargs) -> str:
     """stdout of a batch command; RunError with its last stderr line otherwise."""
     try:
         done = subprocess.run(

@@ -270,7 +270,7 @@ class Agent:
             if entry["call_id"] in released and entry["phase"] == "submitted":
                 self._abandon(entry)
 
-    def _try(self, step) -> Any:  # noqa: ANN001
+    def _try(self, step) -> Any:
         try:
             return step()
         except (ServerUnavailable, Refused) as exc:
@@ -309,7 +309,7 @@ class Agent:
     def _execute(self, call_id: str) -> None:
         try:
             self._advance(call_id)
-        except Exception as exc:  # noqa: BLE001 - one bad call must not stop the agent
+        except Exception as exc:
             logger.error("%s failed inside the agent: %s", call_id, exc)
             logger.debug("%s traceback", call_id, exc_info=True)
             self._finish(call_id, _failed(f"the agent failed to run the call: {exc}"))

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from hpcsera_client.client import Call, CallStatus, Client, Job  # noqa: E402
-from hpcsera_client.errors import (  # noqa: E402
+from hpcsera_client.client import Call, CallStatus, Client, Job
+from hpcsera_client.errors import (
     ApiError,
     AuthenticationFailed,
     BadRequest,
@@ -17,13 +17,13 @@ from hpcsera_client.errors import (  # noqa: E402
     ServerError,
     TransportError,
 )
-from hpcsera_client.login import (  # noqa: E402
+from hpcsera_client.login import (
     AccessDenied,
     LoginError,
     LoginExpired,
     LoginUnavailable,
 )
-from hpcsera_client.transport import RetryPolicy  # noqa: E402
+from hpcsera_client.transport import RetryPolicy
 
 __all__ = [
     "AccessDenied",

@@ -260,7 +260,7 @@ class Client:
         function: str,
         args: Mapping[str, Any] | None = None,
         *,
-        input: Any = None,  # noqa: A002 - the body is the function's input
+        input: Any = None,
         site: str | None = None,
         time_limit: int | None = None,
         timeout: float | None = None,
@@ -283,7 +283,7 @@ class Client:
         function: str,
         args: Mapping[str, Any] | None = None,
         *,
-        input: Any = None,  # noqa: A002
+        input: Any = None,
         site: str | None = None,
         time_limit: int | None = None,
     ) -> Call:
@@ -383,7 +383,7 @@ class Client:
         kind: str,
         function: str,
         args: Mapping[str, Any] | None,
-        input: Any,  # noqa: A002
+        input: Any,
         site: str | None,
         time_limit: int | None,
     ) -> requests.Response:

@@ -15,7 +15,7 @@ from jobs.leases import SWEEP_BATCH, leases_expire
 class Command(BaseCommand):
     help = "Requeue (idempotent) or lose (others) the calls whose lease ran out."
 
-    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, **options) -> None:
         total = 0
         while True:
             done = leases_expire()

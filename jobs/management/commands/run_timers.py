@@ -20,11 +20,11 @@ from jobs.dag import calls_expire_deadlines
 class Command(BaseCommand):
     help = "Fail virtual calls past their deadline and send due callbacks."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--once", action="store_true")
         parser.add_argument("--interval", type=float, default=2.0)
 
-    def handle(self, *args, once: bool, interval: float, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, once: bool, interval: float, **options) -> None:
         stop = threading.Event()
         if not once:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -12,7 +12,7 @@ from tokens.services import token_issue
 class Command(BaseCommand):
     help = "Create an API token for a user and print it once."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--user", required=True)
         parser.add_argument("--tag", default="default")
         parser.add_argument(
@@ -31,7 +31,7 @@ class Command(BaseCommand):
             help="also print the callback signing secret, on a second line",
         )
 
-    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, **options) -> None:
         User = get_user_model()
         username = options["user"]
         if options["create_user"]:

@@ -15,12 +15,12 @@ from web.models import OidcIdentity
 class Command(BaseCommand):
     help = "Link a user to an (issuer, subject) identity of the OpenID provider."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--user", required=True)
         parser.add_argument("--issuer", required=True)
         parser.add_argument("--subject", required=True)
 
-    def handle(self, *args, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, **options) -> None:
         user = get_user_model().objects.filter(username=options["user"]).first()
         if user is None:
             raise CommandError(f"no user {options['user']!r}")
