@@ -50,6 +50,9 @@ class Claim(serializers.Serializer):
     # The agent hands chains of batch calls to its batch system (jobs.chains);
     # off by default, so an agent that ignores `after` never gets such leases.
     chain = serializers.BooleanField(default=False)
+    # The agent's owner turned deployments of uploaded code on; only then, and
+    # only for a token with GET_Code, does the answer carry `deploy`.
+    deploy = serializers.BooleanField(default=False)
 
     def validate_max(self, value: int) -> int:
         return min(value, settings.HPCSERA["CLAIM_MAX_CALLS"])
@@ -122,3 +125,28 @@ class Report(serializers.Serializer):
                 {"exit_code": "a call that succeeded exited with 0"}
             )
         return data
+
+
+class DeploymentReport(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["deployed", "failed"])
+    reason = serializers.CharField(max_length=2000, required=False, default="")
+    log_tail = OutputField()
+
+    def validate_log_tail(self, value: str) -> str:
+        return value[-settings.HPCSERA["MAX_TAIL_CHARS"] :]
+
+
+class ApprovalRequest(serializers.Serializer):
+    purpose = serializers.ChoiceField(choices=["call", "prepare"])
+    subject_id = serializers.UUIDField()
+    function = serializers.CharField(max_length=64)
+    executable_sha256 = serializers.CharField(max_length=64)
+    arguments_sha256 = serializers.CharField(max_length=64)
+    nonce = serializers.CharField(max_length=64)
+
+
+class ApprovalWait(serializers.Serializer):
+    wait = serializers.FloatField(min_value=0, default=0)
+
+    def validate_wait(self, value: float) -> float:
+        return min(value, settings.HPCSERA["CLAIM_WAIT_SECONDS"])

@@ -19,4 +19,24 @@ urlpatterns = [
         views.AgentReportView.as_view(),
         name="agent-report",
     ),
+    path(
+        "agents/<str:agent_id>/deployments/<str:deployment_id>/archive",
+        views.DeploymentArchiveView.as_view(),
+        name="agent-deployment-archive",
+    ),
+    path(
+        "agents/<str:agent_id>/deployments/<str:deployment_id>/report",
+        views.DeploymentReportView.as_view(),
+        name="agent-deployment-report",
+    ),
+    path(
+        "agents/<str:agent_id>/approvals",
+        views.ApprovalRequestView.as_view(),
+        name="agent-approvals",
+    ),
+    path(
+        "agents/<str:agent_id>/approvals/<str:approval_id>",
+        views.ApprovalView.as_view(),
+        name="agent-approval",
+    ),
 ]

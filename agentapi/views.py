@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import connection
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agentapi import serializers
+from consent import approvals, code
+from consent.models import Deployment, RunApproval
 from hpcsera.notify import wait_until
 from jobs import openapi, selectors
 from jobs.dag import calls_announce_stop, calls_to_stop
@@ -92,10 +95,16 @@ class AgentClaimView(APIView):
                 chain=data.validated_data["chain"],
             )
 
+        offered: list[Deployment] = []
+
         def claim_or_announce() -> tuple[list[FunctionCall], int] | None:
             announced = calls_announce_stop(agent_id=agent.id)
             calls = claim()
-            return (calls, announced) if calls or announced else None
+            if data.validated_data["deploy"]:
+                offered.extend(code.deployments_offer(agent=agent, token=request.auth))
+            if calls or announced or offered:
+                return calls, announced
+            return None
 
         found = wait_until(
             work_channel(agent.user_id, agent.tag),
@@ -116,8 +125,23 @@ class AgentClaimView(APIView):
                     {"id": str(c.id), "batch_job_id": c.batch_job_id or None}
                     for c in stop
                 ],
+                **({"deploy": [_offer(d) for d in offered]} if offered else {}),
             }
         )
+
+
+def _offer(deployment: Deployment) -> dict:
+    upload = deployment.upload
+    return {
+        "id": str(deployment.id),
+        "upload_id": str(upload.id),
+        "function": upload.function,
+        "format": upload.format,
+        "sha256": upload.sha256,
+        "size": upload.size,
+        "prepare": upload.prepare,
+        "commit": upload.commit,
+    }
 
 
 class AgentHeartbeatView(APIView):
@@ -167,3 +191,106 @@ class AgentReportView(APIView):
             fields=fields,
         )
         return Response({"id": str(call.id), "state": call.state})
+
+
+class DeploymentArchiveView(APIView):
+    """The approved bytes; the agent checks their SHA-256 before unpacking."""
+
+    required_roles = {"GET": {roles.GET_CODE}}
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            **openapi.errors(404, 409),
+        }
+    )
+    def get(self, request: Request, agent_id: str, deployment_id: str):
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        deployment = code.deployment_get(agent=agent, deployment_id=deployment_id)
+        content = code.deployment_content(deployment=deployment)
+        response = HttpResponse(content, content_type="application/octet-stream")
+        response["X-HPCSerA-SHA256"] = deployment.upload.sha256
+        return response
+
+
+class DeploymentReportView(APIView):
+    required_roles = {"POST": {roles.GET_CODE}}
+
+    @extend_schema(
+        request=serializers.DeploymentReport,
+        responses={200: openapi.DeploymentReported, **openapi.errors(400, 404, 409)},
+    )
+    def post(self, request: Request, agent_id: str, deployment_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        deployment = code.deployment_get(agent=agent, deployment_id=deployment_id)
+        data = serializers.DeploymentReport(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = code.deployment_report(
+            deployment=deployment, **data.validated_data
+        )
+        return Response({"id": str(deployment.id), "state": deployment.state})
+
+
+def _approval(approval: RunApproval) -> dict:
+    answer = {
+        "id": str(approval.id),
+        "state": approval.state,
+        "expires_at": approval.expires_at.isoformat(),
+    }
+    if approval.state == RunApproval.State.APPROVED:
+        answer["approval"] = {
+            "statement": approval.statement,
+            "signature": approval.signature,
+        }
+    return answer
+
+
+class ApprovalRequestView(APIView):
+    """The agent asks its owner before running something (agent-side consent)."""
+
+    required_roles = {"POST": {roles.UPDATE_JOB_STATUS}}
+
+    @extend_schema(
+        request=serializers.ApprovalRequest,
+        responses={201: openapi.ApprovalState, **openapi.errors(400, 404)},
+    )
+    def post(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.ApprovalRequest(data=request.data)
+        data.is_valid(raise_exception=True)
+        approval = approvals.run_approval_request(agent=agent, **data.validated_data)
+        return Response(_approval(approval), status=201)
+
+
+class ApprovalView(APIView):
+    """Long-poll: answers once the owner decided, or as it stands after `wait`."""
+
+    required_roles = {"GET": {roles.UPDATE_JOB_STATUS}}
+
+    @extend_schema(
+        parameters=[serializers.ApprovalWait],
+        responses={200: openapi.ApprovalState, **openapi.errors(400, 404)},
+    )
+    def get(self, request: Request, agent_id: str, approval_id: str) -> Response:
+        agent = selectors.agent_get(token=request.auth, agent_id=agent_id)
+        data = serializers.ApprovalWait(data=request.query_params)
+        data.is_valid(raise_exception=True)
+        approval = approvals.run_approval_get(agent=agent, approval_id=approval_id)
+
+        def decided() -> RunApproval | None:
+            token_still_live(request.auth)
+            found = approvals.run_approval_get(agent=agent, approval_id=approval.id)
+            return None if found.state == RunApproval.State.PENDING else found
+
+        if approval.state == RunApproval.State.PENDING and data.validated_data["wait"]:
+            approval = (
+                wait_until(
+                    approvals.approval_channel(approval.id),
+                    decided,
+                    data.validated_data["wait"],
+                    on_long_wait=connection.close,
+                    hold_seconds=0.0,
+                )
+                or approval
+            )
+        return Response(_approval(approval))

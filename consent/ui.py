@@ -10,10 +10,13 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from consent.models import AuthRequest, Client
+from consent.approvals import run_approval_decide
+from consent.code import code_upload_decide, uploads_expire_due
+from consent.models import AuthRequest, Client, CodeUpload, RunApproval
 from consent.services import auth_request_decide, client_register, client_revoke
-from hpcsera.errors import BadInput
+from hpcsera.errors import ApiError, BadInput
 from jobs.selectors import parse_uuid
+from web.recent import login_is_recent, reauthenticate_url
 
 
 class ClientForm(forms.Form):
@@ -69,28 +72,143 @@ def _pending(request: HttpRequest):
     )
 
 
-@login_required
-@require_GET
-def inbox(request: HttpRequest) -> HttpResponse:
+def _pending_uploads(request: HttpRequest):
+    uploads_expire_due()
+    return (
+        CodeUpload.objects.filter(
+            user=request.user,
+            state=CodeUpload.State.PENDING,
+            expires_at__gt=timezone.now(),
+        )
+        .defer("content")
+        .order_by("-created_at")
+    )
+
+
+def _pending_runs(request: HttpRequest):
+    return (
+        RunApproval.objects.filter(
+            user=request.user,
+            state=RunApproval.State.PENDING,
+            expires_at__gt=timezone.now(),
+        )
+        .select_related("agent", "call", "deployment__upload")
+        .defer("deployment__upload__content")
+        .order_by("-created_at")
+    )
+
+
+def _inbox_context(request: HttpRequest, **extra) -> dict:
     decided = (
         AuthRequest.objects.filter(user=request.user)
         .exclude(state=AuthRequest.State.PENDING)
         .select_related("client")
         .order_by("-created_at")[:20]
     )
-    return render(
-        request, "web/inbox.html", {"pending": _pending(request), "decided": decided}
+    decided_uploads = (
+        CodeUpload.objects.filter(user=request.user)
+        .exclude(state=CodeUpload.State.PENDING)
+        .defer("content")
+        .order_by("-created_at")[:20]
     )
+    pending, uploads, runs = (
+        _pending(request),
+        _pending_uploads(request),
+        _pending_runs(request),
+    )
+    return {
+        "pending": pending,
+        "decided": decided,
+        "uploads": uploads,
+        "decided_uploads": decided_uploads,
+        "runs": runs,
+        "waiting": len(pending) + len(uploads) + len(runs),
+        "recent_login": login_is_recent(request),
+        "reauth_url": reauthenticate_url(request.path),
+        **extra,
+    }
+
+
+@login_required
+@require_GET
+def inbox(request: HttpRequest) -> HttpResponse:
+    return render(request, "web/inbox.html", _inbox_context(request))
 
 
 @login_required
 @require_GET
 def inbox_count(request: HttpRequest) -> JsonResponse:
     """For the page's script: new requests show up without reloading."""
-    pending = _pending(request)
-    return JsonResponse(
-        {"pending": pending.count(), "latest": str(pending[0].id) if pending else None}
+    pending = (
+        _pending(request).count()
+        + _pending_uploads(request).count()
+        + _pending_runs(request).count()
     )
+    return JsonResponse({"pending": pending})
+
+
+def _refuse(request: HttpRequest, message: str, status: int) -> HttpResponse:
+    return render(
+        request, "web/inbox.html", _inbox_context(request, error=message), status=status
+    )
+
+
+def _stale_login(request: HttpRequest) -> HttpResponse | None:
+    if login_is_recent(request):
+        return None
+    return _refuse(
+        request,
+        "Approving code or a run needs a recent login: log in again, then decide.",
+        403,
+    )
+
+
+@login_required
+@require_POST
+def decide_upload(request: HttpRequest, upload_id: str) -> HttpResponse:
+    upload = (
+        CodeUpload.objects.filter(user=request.user, id=parse_uuid(upload_id))
+        .defer("content")
+        .first()
+    )
+    if upload is None:
+        raise Http404
+    approve = request.POST.get("decision") == "approve"
+    if approve and (refused := _stale_login(request)):
+        return refused
+    try:
+        code_upload_decide(
+            upload=upload,
+            user=request.user,
+            approve=approve,
+            sha256=request.POST.get("sha256", ""),
+            request=request,
+        )
+    except ApiError as exc:
+        return _refuse(request, exc.detail, exc.status)
+    return redirect("ui-inbox")
+
+
+@login_required
+@require_POST
+def decide_run(request: HttpRequest, approval_id: str) -> HttpResponse:
+    approval = (
+        RunApproval.objects.filter(user=request.user, id=parse_uuid(approval_id))
+        .select_related("agent")
+        .first()
+    )
+    if approval is None:
+        raise Http404
+    approve = request.POST.get("decision") == "approve"
+    if approve and (refused := _stale_login(request)):
+        return refused
+    try:
+        run_approval_decide(
+            approval=approval, user=request.user, approve=approve, request=request
+        )
+    except ApiError as exc:
+        return _refuse(request, exc.detail, exc.status)
+    return redirect("ui-inbox")
 
 
 @login_required
@@ -113,10 +231,5 @@ def decide(request: HttpRequest, request_id: str) -> HttpResponse:
             request=request,
         )
     except BadInput as exc:
-        return render(
-            request,
-            "web/inbox.html",
-            {"pending": _pending(request), "decided": [], "error": exc.detail},
-            status=400,
-        )
+        return _refuse(request, exc.detail, 400)
     return redirect("ui-inbox")

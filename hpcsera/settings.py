@@ -211,6 +211,23 @@ HPCSERA = {
     "TOKEN_DEFAULT_LIFETIME_SECONDS": env.integer(
         "HPCSERA_TOKEN_DEFAULT_LIFETIME_SECONDS", 30 * 24 * 3600, minimum=60
     ),
+    # Code uploads (consent.code): the largest upload, what its archive may
+    # unpack to, and how long it waits for its owner's approval.
+    "CODE_MAX_BYTES": env.integer("HPCSERA_CODE_MAX_BYTES", 20 * 1024**2, minimum=1),
+    "CODE_MAX_ENTRIES": env.integer("HPCSERA_CODE_MAX_ENTRIES", 10000, minimum=1),
+    "CODE_MAX_UNPACKED_BYTES": env.integer(
+        "HPCSERA_CODE_MAX_UNPACKED_BYTES", 200 * 1024**2, minimum=1
+    ),
+    "CODE_CONSENT_SECONDS": env.integer(
+        "HPCSERA_CODE_CONSENT_SECONDS", 600, minimum=10
+    ),
+    # Approving code or a run needs a login at most this old.
+    "RECENT_LOGIN_SECONDS": env.integer(
+        "HPCSERA_RECENT_LOGIN_SECONDS", 600, minimum=10
+    ),
+    # How long an agent's request to run something waits for its owner, and
+    # how long a signed approval stays valid.
+    "APPROVAL_SECONDS": env.integer("HPCSERA_APPROVAL_SECONDS", 600, minimum=10),
     # Callbacks (jobs.callbacks): attempts in all, the back-off before the
     # second attempt (doubled for each further one, with jitter, up to the
     # cap), and the time one attempt may take.
@@ -269,6 +286,7 @@ OIDC_OP_JWKS_ENDPOINT = env.string("OIDC_OP_JWKS_ENDPOINT")
 OIDC_RP_SIGN_ALGO = env.string("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_RP_SCOPES = "openid email profile"
 OIDC_TIMEOUT = 10
+OIDC_AUTHENTICATE_CLASS = "web.oidc.AuthenticationRequestView"
 OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
 if OIDC_ENABLED:
     missing = [

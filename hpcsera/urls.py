@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from consent import api as code_api
 from consent import views as consent_views
 from hpcsera.capabilities import CapabilitiesView
 from jobs.urls import api_urlpatterns, faas_urlpatterns
@@ -30,6 +31,12 @@ urlpatterns = [
         name="docs",
     ),
     path("api/v1/capabilities", CapabilitiesView.as_view(), name="capabilities"),
+    path("api/v1/code", code_api.CodeListView.as_view(), name="code-list"),
+    path(
+        "api/v1/code/<str:upload_id>",
+        code_api.CodeDetailView.as_view(),
+        name="code-detail",
+    ),
     path("api/v1/", include(api_urlpatterns)),
     path("oauth/", include("consent.urls")),
     path(

@@ -151,9 +151,45 @@ class Stop(serializers.Serializer):
     batch_job_id = serializers.CharField(allow_null=True)
 
 
+class DeployOffer(serializers.Serializer):
+    id = serializers.UUIDField(help_text="the deployment")
+    upload_id = serializers.UUIDField()
+    function = serializers.CharField()
+    format = serializers.ChoiceField(choices=["tar.gz", "zip", "script"])
+    sha256 = serializers.CharField(help_text="what the owner approved")
+    size = serializers.IntegerField()
+    prepare = serializers.CharField()
+    commit = serializers.CharField()
+
+
 class Leases(serializers.Serializer):
     calls = Lease(many=True)
     cancel = Stop(many=True, help_text="calls to stop: they were cancelled")
+    deploy = DeployOffer(
+        many=True,
+        required=False,
+        help_text="approved code to install (only when the claim asked for it "
+        "and the token holds GET_Code)",
+    )
+
+
+class DeploymentReported(serializers.Serializer):
+    id = serializers.UUIDField()
+    state = serializers.CharField()
+
+
+class SignedApproval(serializers.Serializer):
+    statement = serializers.DictField()
+    signature = serializers.CharField(help_text="Ed25519, base64url without padding")
+
+
+class ApprovalState(serializers.Serializer):
+    id = serializers.UUIDField()
+    state = serializers.ChoiceField(
+        choices=["pending", "approved", "denied", "expired"]
+    )
+    expires_at = serializers.DateTimeField()
+    approval = SignedApproval(required=False)
 
 
 class Registered(serializers.Serializer):

@@ -9,14 +9,19 @@ covered (or fails here, asking for its parameters) without anyone remembering.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.views import APIView
 
+from consent import code
+from consent.models import CodeUpload, Deployment, RunApproval
+from consent.signing import arguments_sha256_for_call
 from jobs.models import Agent, Delivery, Function, FunctionCall, Job
 from tests.conftest import register_agent
 from tokens import roles
@@ -26,7 +31,16 @@ pytestmark = pytest.mark.django_db
 
 PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 # Parameters that name one of alice's objects: a foreign token must get 404.
-OBJECT_PARAMS = {"job_id", "call_id", "agent_id", "user"}
+OBJECT_PARAMS = {
+    "job_id",
+    "call_id",
+    "agent_id",
+    "user",
+    "upload_id",
+    "deployment_id",
+    "approval_id",
+}
+SCRIPT = b"#!/bin/sh\necho hello\n"
 BODIES = {
     "agent-register": {"site": "s", "capabilities": ["local"], "functions": []},
     "agent-claim": {"max": 1, "wait": 0},
@@ -34,7 +48,22 @@ BODIES = {
     "job-list": {"calls": [{"name": "wait", "virtual": {"deadline_seconds": 60}}]},
     "job-calls": {"calls": [{"name": "wait", "virtual": {"deadline_seconds": 60}}]},
     "call-finish": {"state": "failed", "message": "no"},
+    "agent-deployment-report": {"state": "failed", "reason": "no"},
+    "agent-approvals": {
+        "purpose": "call",
+        "subject_id": "00000000-0000-0000-0000-000000000000",
+        "function": "hello",
+        "executable_sha256": "0" * 64,
+        "arguments_sha256": "0" * 64,
+        "nonce": "0" * 32,
+    },
 }
+# Sent as multipart/form-data; built fresh for every request (files are read).
+MULTIPART = {"code-list": lambda: {"function": "x", "script": script_file()}}
+
+
+def script_file() -> SimpleUploadedFile:
+    return SimpleUploadedFile("run.sh", SCRIPT)
 
 
 def api_routes() -> list[tuple[str, str, type[APIView]]]:
@@ -67,6 +96,12 @@ def test_the_walk_finds_every_kind_of_endpoint():
         "agent-claim",
         "agent-report",
         "capabilities",
+        "code-list",
+        "code-detail",
+        "agent-deployment-archive",
+        "agent-deployment-report",
+        "agent-approvals",
+        "agent-approval",
     } <= names
 
 
@@ -81,6 +116,9 @@ def snapshot() -> list:
         Function: {"agent__user__username": "alice", "agent__tag": "proj-a"},
         Token: mine,
         Delivery: mine,
+        CodeUpload: mine,
+        Deployment: {"agent__user__username": "alice", "agent__tag": "proj-a"},
+        RunApproval: mine,
     }
     rows = []
     for model, owned in owned_by.items():
@@ -112,6 +150,32 @@ def world(alice, bob, make_token, client_for):
         f"/api/agent/v1/agents/{agent_id}/claim", {"max": 1}, format="json"
     )
     call = FunctionCall.objects.get(id=call_id)
+    upload_id = alice_client.post(
+        "/api/v1/code", {"function": "hello", "script": script_file()}
+    ).json()["id"]
+    code.code_upload_decide(
+        upload=CodeUpload.objects.get(id=upload_id),
+        user=alice,
+        approve=True,
+        sha256=hashlib.sha256(SCRIPT).hexdigest(),
+    )
+    offers = alice_client.post(
+        f"/api/agent/v1/agents/{agent_id}/claim",
+        {"max": 1, "deploy": True},
+        format="json",
+    ).json()["deploy"]
+    approval_id = alice_client.post(
+        f"/api/agent/v1/agents/{agent_id}/approvals",
+        {
+            "purpose": "call",
+            "subject_id": call_id,
+            "function": "hello",
+            "executable_sha256": "1" * 64,
+            "arguments_sha256": arguments_sha256_for_call(call.args, call.input),
+            "nonce": "2" * 32,
+        },
+        format="json",
+    ).json()["id"]
     return {
         "params": {
             "job_id": str(call.job_id),
@@ -119,8 +183,18 @@ def world(alice, bob, make_token, client_for):
             "agent_id": agent_id,
             "user": "alice",
             "name": "hello",
+            "upload_id": upload_id,
+            "deployment_id": offers[0]["id"],
+            "approval_id": approval_id,
         },
-        "alice_ids": [str(call.job_id), call_id, agent_id],
+        "alice_ids": [
+            str(call.job_id),
+            call_id,
+            agent_id,
+            upload_id,
+            offers[0]["id"],
+            approval_id,
+        ],
     }
 
 
@@ -150,6 +224,8 @@ def every_request(world):
 
 
 def send(client, method: str, path: str, name: str):
+    if name in MULTIPART and method == "POST":
+        return client.post(path, MULTIPART[name](), format="multipart")
     body = BODIES.get(name)
     return getattr(client, method.lower())(path, body, format="json")
 

@@ -61,6 +61,11 @@ class SecurityEvent(models.Model):
         CLIENT_REVOKED = "client_revoked", "Client revoked"
         GRANT_APPROVED = "grant_approved", "Token request approved"
         GRANT_DENIED = "grant_denied", "Token request denied"
+        CODE_UPLOADED = "code_uploaded", "Code uploaded"
+        CODE_APPROVED = "code_approved", "Code approved"
+        CODE_DENIED = "code_denied", "Code denied"
+        RUN_APPROVED = "run_approved", "Run approved"
+        RUN_DENIED = "run_denied", "Run denied"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,

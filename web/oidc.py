@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import SuspiciousOperation
 from django.db import IntegrityError, transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
 from web.models import OidcIdentity
 
@@ -111,3 +112,14 @@ def _username_from(claims: dict, subject: str) -> str:
     if cleaned.lower() in RESERVED_USERNAMES:
         cleaned = f"{cleaned}-user"
     return cleaned or "user-" + USERNAME_SAFE.sub("", subject)[:32]
+
+
+class AuthenticationRequestView(OIDCAuthenticationRequestView):
+    """Starts the SSO login; `?prompt=login` asks the provider for a fresh one
+    (web.recent: approving code needs a recent login, not a remembered one)."""
+
+    def get_extra_params(self, request):
+        params = dict(super().get_extra_params(request) or {})
+        if request.GET.get("prompt") == "login":
+            params["prompt"] = "login"
+        return params

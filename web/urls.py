@@ -26,4 +26,10 @@ urlpatterns = [
     path("requests", consent_ui.inbox, name="ui-inbox"),
     path("requests/count", consent_ui.inbox_count, name="ui-inbox-count"),
     path("requests/<str:request_id>/decide", consent_ui.decide, name="ui-decide"),
+    path(
+        "code/<str:upload_id>/decide",
+        consent_ui.decide_upload,
+        name="ui-decide-upload",
+    ),
+    path("runs/<str:approval_id>/decide", consent_ui.decide_run, name="ui-decide-run"),
 ]

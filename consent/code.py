@@ -1,0 +1,348 @@
+"""Code ingestion: uploads held for the owner's consent, then deployed by agents.
+
+A token with POST_Code can only ever ask: nothing it sends reaches an agent
+before the user approved exactly those bytes (their SHA-256) in the web UI,
+with a recent login, before the request expired. Approved uploads are offered
+to the user's agents of the same tag (and site, when one was named) whose
+owners turned deployments on and whose tokens hold GET_Code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from consent.archives import UnsafeEntry, archive_list, entry_name
+from consent.models import CodeUpload, Deployment
+from hpcsera.errors import BadInput, Conflict, NotFound
+from hpcsera.notify import hub
+from jobs import validation
+from jobs.models import Agent
+from tokens import roles
+from tokens.audit import client_ip, security_event_record
+from tokens.models import SecurityEvent, Token
+
+logger = logging.getLogger(__name__)
+
+COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")
+SCRIPT_STARTS = (b"#!", b"\x7fELF")
+SHOWN_FILES = 200
+
+
+def upload_channel(upload_id) -> str:
+    return f"upload:{upload_id}"
+
+
+def _limits() -> dict:
+    return settings.HPCSERA
+
+
+def code_upload_create(
+    *,
+    token: Token,
+    function: str,
+    data: bytes,
+    is_script: bool,
+    prepare: str = "",
+    commit: str = "",
+    description: str = "",
+    site: str = "",
+    request=None,
+) -> CodeUpload:
+    function = validation.function_name(function)
+    if site:
+        site = validation.site_name(site)
+    commit, description = _commit(commit), _description(description)
+    if not data:
+        raise BadInput("The uploaded file is empty.", code="empty_upload")
+    if is_script:
+        if prepare:
+            raise BadInput(
+                "A single script has no preparation step; send an archive.",
+                code="invalid_prepare",
+            )
+        if not data.startswith(SCRIPT_STARTS):
+            raise BadInput(
+                "A script must start with '#!' (or be an ELF executable).",
+                code="invalid_script",
+            )
+        fmt, files, file_count = CodeUpload.Format.SCRIPT, ["run"], 1
+    else:
+        listing = archive_list(
+            data,
+            max_entries=_limits()["CODE_MAX_ENTRIES"],
+            max_bytes=_limits()["CODE_MAX_UNPACKED_BYTES"],
+        )
+        prepare = _prepare(prepare, listing.regular)
+        fmt, files, file_count = listing.format, listing.files, len(listing.files)
+
+    upload = CodeUpload.objects.create(
+        user_id=token.user_id,
+        tag=token.tag,
+        function=function,
+        site=site,
+        format=fmt,
+        prepare=prepare,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        files=files[:SHOWN_FILES],
+        file_count=file_count,
+        content=data,
+        commit=commit,
+        description=description,
+        token_id=token.id,
+        token_name=token.name,
+        client_name=token.client.name if token.client_id else "",
+        source_ip=client_ip(request),
+        expires_at=timezone.now()
+        + timedelta(seconds=_limits()["CODE_CONSENT_SECONDS"]),
+    )
+    security_event_record(
+        user=token.user,
+        kind=SecurityEvent.Kind.CODE_UPLOADED,
+        request=request,
+        upload_id=str(upload.id),
+        function=function,
+        sha256=upload.sha256,
+    )
+    logger.info("%s code for %s uploaded, waiting for consent", upload.id, function)
+    # The inbox page of the owner shows it without a reload.
+    from consent.services import inbox_channel
+
+    _publish(inbox_channel(token.user_id))
+    return upload
+
+
+def _commit(raw: str) -> str:
+    raw = raw.strip()
+    if raw and not COMMIT.fullmatch(raw):
+        raise BadInput("commit is 7 to 64 hexadecimal digits.", code="invalid_commit")
+    return raw.lower()
+
+
+def _description(raw: str) -> str:
+    if len(raw) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise BadInput(
+            "description is one line of at most 200 characters.",
+            code="invalid_description",
+        )
+    return raw.strip()
+
+
+def _prepare(raw: str, regular: frozenset[str]) -> str:
+    if not raw:
+        raise BadInput(
+            "prepare (the path of the preparation executable inside the archive) "
+            "is required with an archive.",
+            code="invalid_prepare",
+        )
+    try:
+        path = entry_name(raw)
+    except UnsafeEntry:
+        path = ""
+    if not path or path not in regular:
+        raise BadInput(
+            f"prepare {raw!r} is not a regular file in the archive.",
+            code="invalid_prepare",
+        )
+    return path
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+def uploads_visible(*, token: Token) -> QuerySet[CodeUpload]:
+    return CodeUpload.objects.filter(user_id=token.user_id, tag=token.tag).defer(
+        "content"
+    )
+
+
+def upload_get(*, token: Token, upload_id) -> CodeUpload:
+    from jobs.selectors import parse_uuid
+
+    uploads_expire_due()
+    upload = uploads_visible(token=token).filter(id=parse_uuid(upload_id)).first()
+    if upload is None:
+        raise NotFound("No such upload.")
+    return upload
+
+
+# -- the owner's decision ------------------------------------------------------
+
+
+def code_upload_decide(
+    *, upload: CodeUpload, user, approve: bool, sha256: str, request=None
+) -> CodeUpload:
+    """Approve or deny once. Approval names the digest the user was shown; it
+    must be the digest of the stored bytes, or nothing is approved."""
+    now = timezone.now()
+    if upload.user_id != user.pk:
+        raise NotFound("No such upload.")
+    if upload.state != CodeUpload.State.PENDING:
+        raise Conflict(f"This upload is already {upload.state}.", code="decided")
+    if upload.is_expired(now):
+        uploads_expire_due()
+        raise Conflict("This upload expired before it was approved.", code="expired")
+    if approve:
+        content = CodeUpload.objects.filter(pk=upload.pk).values_list(
+            "content", flat=True
+        )[0]
+        actual = hashlib.sha256(bytes(content)).hexdigest()
+        if sha256 != upload.sha256 or actual != upload.sha256:
+            raise Conflict(
+                "The approval names other bytes than the upload holds; nothing "
+                "was approved.",
+                code="digest_mismatch",
+            )
+    fields = {
+        "state": CodeUpload.State.APPROVED if approve else CodeUpload.State.DENIED,
+        "decided_at": now,
+        "decided_by": user.get_username(),
+    }
+    if not approve:
+        fields.update(content=b"", reason="denied by the user; the code was deleted")
+    # Conditional on pending and unexpired: two decisions racing, or one racing
+    # the expiry, cannot both win.
+    changed = CodeUpload.objects.filter(
+        pk=upload.pk, state=CodeUpload.State.PENDING, expires_at__gt=now
+    ).update(**fields)
+    if not changed:
+        raise Conflict("This upload was decided or expired meanwhile.", code="decided")
+    security_event_record(
+        user=user,
+        kind=SecurityEvent.Kind.CODE_APPROVED
+        if approve
+        else SecurityEvent.Kind.CODE_DENIED,
+        request=request,
+        upload_id=str(upload.id),
+        function=upload.function,
+        sha256=upload.sha256,
+    )
+    logger.info("%s code %s", upload.id, fields["state"])
+    _publish(upload_channel(upload.id))
+    if approve:
+        from jobs.services import work_channel
+
+        _publish(work_channel(upload.user_id, upload.tag))
+    upload.refresh_from_db()
+    return upload
+
+
+def uploads_expire_due() -> int:
+    """Pending uploads past their time: deleted bytes, state expired."""
+    now = timezone.now()
+    expired = CodeUpload.objects.filter(
+        state=CodeUpload.State.PENDING, expires_at__lte=now
+    ).update(
+        state=CodeUpload.State.EXPIRED,
+        content=b"",
+        decided_at=now,
+        reason="not approved in time; the code was deleted",
+    )
+    if expired:
+        logger.info("%d upload(s) expired unapproved", expired)
+    return expired
+
+
+# -- deployments -----------------------------------------------------------------
+
+
+def deployments_offer(*, agent: Agent, token: Token) -> list[Deployment]:
+    """Approved uploads this agent has not installed, as deployments to do now.
+
+    An upload is offered again to a restarted agent (another session) while its
+    deployment is still open: the killed process may never have finished it.
+    """
+    if roles.GET_CODE not in token.role_set:
+        return []
+    done_here = Deployment.objects.filter(upload=OuterRef("pk"), agent=agent).filter(
+        ~Q(state=Deployment.State.OFFERED) | Q(session=agent.session)
+    )
+    uploads = (
+        CodeUpload.objects.filter(
+            user_id=agent.user_id, tag=agent.tag, state=CodeUpload.State.APPROVED
+        )
+        .filter(Q(site="") | Q(site=agent.site))
+        .filter(~Exists(done_here))
+        .defer("content")
+        .order_by("created_at")
+    )
+    offers = []
+    for upload in uploads[:8]:
+        deployment, _ = Deployment.objects.update_or_create(
+            upload=upload,
+            agent=agent,
+            defaults={"session": agent.session, "offered_at": timezone.now()},
+        )
+        deployment.upload = upload
+        offers.append(deployment)
+    return offers
+
+
+def deployment_get(*, agent: Agent, deployment_id) -> Deployment:
+    from jobs.selectors import parse_uuid
+
+    deployment = (
+        Deployment.objects.filter(agent=agent, id=parse_uuid(deployment_id))
+        .select_related("upload")
+        .defer("upload__content")
+        .first()
+    )
+    if deployment is None:
+        raise NotFound("No such deployment.")
+    return deployment
+
+
+def deployment_content(*, deployment: Deployment) -> bytes:
+    if deployment.upload.state != CodeUpload.State.APPROVED:
+        raise NotFound("No such deployment.")
+    if deployment.state != Deployment.State.OFFERED:
+        raise Conflict(
+            f"This deployment is already {deployment.state}.", code="deployment_ended"
+        )
+    content = CodeUpload.objects.filter(pk=deployment.upload_id).values_list(
+        "content", flat=True
+    )[0]
+    return bytes(content)
+
+
+def deployment_report(
+    *, deployment: Deployment, state: str, reason: str, log_tail: str
+) -> Deployment:
+    tail = settings.HPCSERA["MAX_TAIL_CHARS"]
+    changed = Deployment.objects.filter(
+        pk=deployment.pk, state=Deployment.State.OFFERED
+    ).update(
+        state=state,
+        reason=reason[:2000],
+        log_tail=log_tail[-tail:],
+        finished_at=timezone.now(),
+    )
+    deployment.refresh_from_db()
+    if not changed and deployment.state != state:
+        raise Conflict(
+            f"This deployment already ended {deployment.state}.",
+            code="deployment_ended",
+        )
+    if changed:
+        logger.info(
+            "%s deployment of %s on %s: %s",
+            deployment.id,
+            deployment.upload.function,
+            deployment.agent.site,
+            state,
+        )
+        _publish(upload_channel(deployment.upload_id))
+    return deployment
+
+
+def _publish(channel: str) -> None:
+    # After the commit: a woken waiter must find the change in the database.
+    transaction.on_commit(lambda: hub().publish(channel))
