@@ -244,6 +244,9 @@ HPCSERA = {
     # Only for tests and local trials: lets callbacks reach 127.0.0.0/8 and
     # ::1. Every other internal address stays refused.
     "CALLBACK_ALLOW_LOOPBACK": env.boolean("HPCSERA_CALLBACK_ALLOW_LOOPBACK", False),
+    # PEM file of the Ed25519 key that signs run approvals (consent.signing).
+    # Empty: a development key is made once under var/; production refuses.
+    "APPROVAL_KEY_FILE": env.string("HPCSERA_APPROVAL_KEY_FILE", ""),
 }
 
 # Celery sends callbacks when a broker is configured (CELERY_BROKER_URL, else
@@ -312,6 +315,12 @@ LOGOUT_REDIRECT_URL = "/ui/login"
 
 if PRODUCTION and not HPCSERA["ISSUER"]:
     raise ImproperlyConfigured("HPCSERA_ISSUER (this server's public URL) is required")
+if PRODUCTION and not HPCSERA["APPROVAL_KEY_FILE"]:
+    raise ImproperlyConfigured(
+        "HPCSERA_APPROVAL_KEY_FILE (Ed25519 key, PEM) is required; make one with "
+        "`openssl genpkey -algorithm ed25519 -out PATH` or, before setting "
+        "HPCSERA_ENV=production, `manage.py approval_key --create PATH`"
+    )
 
 # Mail for notifications (token requests); without a host, none is sent.
 EMAIL_HOST = env.string("EMAIL_HOST", "")

@@ -68,21 +68,19 @@ class Client:
             )
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{type(exc).__name__} talking to the server")
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ServerUnavailable(f"server answered {response.status_code}")
+        return _answer(response)
+
+    def _get(self, path: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
-            data = response.json()
-        except ValueError:
-            raise ServerUnavailable(
-                f"server answered {response.status_code} without JSON"
+            response = self._session().get(
+                self._base + path,
+                params=params,
+                headers={"Authorization": self._authorization},
+                timeout=timeout,
             )
-        if response.status_code >= 400:
-            raise Refused(
-                response.status_code,
-                str(data.get("code", "")),
-                str(data.get("detail", "")),
-            )
-        return data
+        except requests.RequestException as exc:
+            raise ServerUnavailable(f"{type(exc).__name__} talking to the server")
+        return _answer(response)
 
     def register(
         self, site: str, capabilities: list[str], functions: list[dict[str, Any]]
@@ -119,6 +117,36 @@ class Client:
         return self._post(
             f"/agents/{agent_id}/calls/{call_id}/report", report, self._timeout
         )
+
+    def approval_request(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._post(f"/agents/{agent_id}/approvals", body, self._timeout)
+
+    def approval_get(
+        self, agent_id: str, approval_id: str, wait: float
+    ) -> dict[str, Any]:
+        """The approval's state, held by the server up to `wait` s while pending."""
+        return self._get(
+            f"/agents/{agent_id}/approvals/{approval_id}",
+            {"wait": wait},
+            wait + self._timeout,
+        )
+
+
+def _answer(response: requests.Response) -> dict[str, Any]:
+    """The JSON body of a success; ServerUnavailable or Refused otherwise."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise ServerUnavailable(f"server answered {response.status_code}")
+    try:
+        data = response.json()
+    except ValueError:
+        raise ServerUnavailable(f"server answered {response.status_code} without JSON")
+    if response.status_code >= 400:
+        raise Refused(
+            response.status_code,
+            str(data.get("code", "")),
+            str(data.get("detail", "")),
+        )
+    return data
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:

@@ -7,17 +7,21 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on older cluster Pythons
     import tomli as tomllib
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 RUNNERS = ("local", "slurm", "pbs")
+CONSENT_MODES = ("off", "uploaded", "all")
 DEFAULT_CONFIG = "~/.config/hpcsera/agent.toml"
 
 
@@ -69,6 +73,18 @@ class LoginSettings:
 
 
 @dataclass(frozen=True)
+class ConsentSettings:
+    """When a run waits for the user's signed approval (see consent.py)."""
+
+    mode: str = "off"
+    public_key_file: Path | None = None
+    wait_seconds: float = 600.0
+    # Loaded while the config is read, so a bad key stops the agent at start
+    # instead of failing every call that needs consent.
+    public_key: Ed25519PublicKey | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Config:
     server: str
     token: str
@@ -90,6 +106,7 @@ class Config:
     batch_grace_seconds: float = 300.0
     token_file: Path | None = None
     login: LoginSettings | None = None
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
 
     @property
     def poll_seconds(self) -> float:
@@ -141,6 +158,7 @@ def parse(
         "pbs",
         "batch_grace_seconds",
         "login",
+        "consent",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -178,6 +196,7 @@ def parse(
         batch_grace_seconds=_float(raw, "batch_grace_seconds", 300.0, 1.0, 86400.0),
         token_file=_path(raw, "token_file", "", base) if "token_file" in raw else None,
         login=_login(raw.get("login"), base),
+        consent=_consent(raw.get("consent", {}), base),
     )
 
 
@@ -265,6 +284,29 @@ def _login(raw: Any, base: Path) -> LoginSettings | None:
         roles=_string(raw, "roles", "GET_Job UPDATE_JobStatus"),
         tag=_string(raw, "tag", "default"),
     )
+
+
+def _consent(raw: Any, base: Path) -> ConsentSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[consent] must be a table")
+    _known(raw, "consent", {"mode", "public_key_file", "wait_seconds"})
+    mode = _choice(raw, "mode", CONSENT_MODES, "off")
+    wait_seconds = _float(raw, "wait_seconds", 600.0, 1.0, 86400.0)
+    if "public_key_file" not in raw:
+        if mode != "off":
+            raise ConfigError(f"[consent] mode {mode} needs public_key_file")
+        return ConsentSettings(mode, None, wait_seconds)
+    path = _path(raw, "public_key_file", "", base)
+    if mode == "off":
+        return ConsentSettings(mode, path, wait_seconds)
+    # Imported here: only agents with consent on load cryptography at start.
+    from hpcsera_agent.approval import load_public_key
+
+    try:
+        key = load_public_key(path)
+    except ValueError as exc:
+        raise ConfigError(f"[consent] public_key_file {exc}")
+    return ConsentSettings(mode, path, wait_seconds, key)
 
 
 def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:

@@ -58,6 +58,8 @@ class Prepared:
     env: dict[str, str]
     workdir: Path
     time_limit: int | None
+    # The file argv[0] runs; the consent step hashes it (see consent.py).
+    executable: Path | None = None
 
     @property
     def stdout_path(self) -> Path:
@@ -136,6 +138,7 @@ def prepare(config: Config, call: dict[str, Any]) -> Prepared:
         env=env,
         workdir=folder,
         time_limit=call.get("time_limit_seconds"),
+        executable=executable,
     )
 
 

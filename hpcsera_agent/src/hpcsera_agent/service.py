@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hpcsera_agent import batch, cancel, pbs, runners, slurm
+from hpcsera_agent import approval, batch, cancel, consent, pbs, runners, slurm
 from hpcsera_agent.client import Client, Refused, ServerUnavailable, backoff
 from hpcsera_agent.config import Config
 from hpcsera_agent.journal import Journal
@@ -338,11 +338,49 @@ class Agent:
             logger.error("%s cannot start: %s", call_id, exc)
             self._finish(call_id, _failed(str(exc)))
             return
+        if not self._approved(call_id, call, prepared):
+            return
         runner = entry["runner"]
         if runner == "pbs" or (runner == "slurm" and call["mode"] == "async"):
             self._submit_batch(entry, prepared=prepared)
         else:
             self._run_process(call_id, prepared, runner)
+
+    def _approved(
+        self, call_id: str, call: dict[str, Any], prepared: runners.Prepared
+    ) -> bool:
+        """Whether the call may run; when not, it is finished (or left to resume)."""
+        settings = self.config.consent
+        if not consent.needed(settings, self.config.functions_dir, call["function"]):
+            return True
+        # The resolved file is what gets hashed and run: a deployment swapping
+        # the function's symlink meanwhile cannot slip in unapproved bytes.
+        # TODO: a call resumed in `submitting` after a restart is prepared again
+        # from the symlink without asking; it was approved before its record
+        # reached that phase, but a newer version could be submitted instead.
+        executable = prepared.executable.resolve()
+        prepared.argv[0] = str(executable)
+        try:
+            consent.obtain(
+                self.client,
+                self.agent_id,
+                self.config.site,
+                settings.public_key,
+                settings,
+                purpose="call",
+                subject_id=call_id,
+                function=call["function"],
+                executable=executable,
+                arguments_sha256=approval.call_arguments_sha256(call),
+                stop=self.stop,
+            )
+        except approval.NotApproved as exc:
+            if self.stop.is_set():
+                return False  # still `claimed`: the next start asks again
+            logger.error("%s not approved: %s", call_id, exc.reason)
+            self._finish(call_id, _failed(f"not approved: {exc.reason}"))
+            return False
+        return True
 
     def _run_process(
         self, call_id: str, prepared: runners.Prepared, runner: str
