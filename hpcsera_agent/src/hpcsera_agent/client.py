@@ -6,6 +6,7 @@ import json
 import random
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -43,6 +44,7 @@ class Client:
         # keeps its own, and so its own kept-alive connection.
         self._local = threading.local()
         self.last_cancel: list[dict[str, Any]] = []
+        self.last_deploy: list[dict[str, Any]] = []
 
     def set_token(self, token: str) -> None:
         """Use `token` from the next request on (after a renewed login)."""
@@ -95,15 +97,59 @@ class Client:
         return self._post("/agents", body, self._timeout)
 
     def claim(
-        self, agent_id: str, max_calls: int, wait: float, chain: bool = False
+        self,
+        agent_id: str,
+        max_calls: int,
+        wait: float,
+        chain: bool = False,
+        deploy: bool = False,
     ) -> list[dict[str, Any]]:
         body = {"max": max_calls, "wait": wait, "session": self.session}
         if chain:
             body["chain"] = True
+        if deploy:
+            body["deploy"] = True
         data = self._post(f"/agents/{agent_id}/claim", body, wait + self._timeout)
-        # Calls cancelled while this agent holds them (see cancel.py).
+        # Calls cancelled while this agent holds them (see cancel.py), and
+        # approved code to install (deploy.py).
         self.last_cancel = list(data.get("cancel", []))
+        self.last_deploy = list(data.get("deploy", []))
         return list(data.get("calls", []))
+
+    def deployment_download(
+        self, agent_id: str, deployment_id: str, target: Path, max_bytes: int
+    ) -> None:
+        """Stream the approved archive into `target`, refusing beyond `max_bytes`."""
+        url = f"{self._base}/agents/{agent_id}/deployments/{deployment_id}/archive"
+        try:
+            with self._session().get(
+                url,
+                headers={"Authorization": self._authorization},
+                timeout=self._timeout,
+                stream=True,
+            ) as response:
+                if response.status_code >= 400:
+                    _answer(response)
+                written = 0
+                with open(target, "wb") as handle:
+                    for chunk in response.iter_content(64 * 1024):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise Refused(
+                                200, "too_large", f"more than {max_bytes} bytes"
+                            )
+                        handle.write(chunk)
+        except requests.RequestException as exc:
+            raise ServerUnavailable(f"{type(exc).__name__} talking to the server")
+
+    def deployment_report(
+        self, agent_id: str, deployment_id: str, report: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._post(
+            f"/agents/{agent_id}/deployments/{deployment_id}/report",
+            report,
+            self._timeout,
+        )
 
     def heartbeat(
         self, agent_id: str, call_ids: list[str], complete: bool = False

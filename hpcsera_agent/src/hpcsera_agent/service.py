@@ -36,7 +36,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hpcsera_agent import approval, batch, cancel, consent, pbs, runners, slurm
+from hpcsera_agent import (
+    approval,
+    batch,
+    cancel,
+    consent,
+    deploy,
+    pbs,
+    runners,
+    slurm,
+)
 from hpcsera_agent.client import Client, Refused, ServerUnavailable, backoff
 from hpcsera_agent.config import Config
 from hpcsera_agent.journal import Journal
@@ -62,6 +71,10 @@ class Agent:
         self._last_heartbeat = 0.0
         self._inventory: dict[str, dict[str, Any]] = {}
         self._pool = ThreadPoolExecutor(config.max_parallel, thread_name_prefix="call")
+        # One deployment at a time: two versions of a function installing at
+        # once would race for its link.
+        self._deployer = ThreadPoolExecutor(1, thread_name_prefix="deploy")
+        self._deploying: set[str] = set()
         self._busy = 0
         self._busy_changed = threading.Condition()
         self._register_lock = threading.Lock()
@@ -161,8 +174,13 @@ class Agent:
         if free == 0:
             return 0
         chain = self.config.slurm.chain_handoff
-        calls = self.client.claim(self.agent_id, free, wait, chain=chain)
+        options = {"chain": chain}
+        if self.config.deploy.enabled:
+            options["deploy"] = True
+        calls = self.client.claim(self.agent_id, free, wait, **options)
         cancel.stop_cancelled(self, getattr(self.client, "last_cancel", []))
+        for offer in getattr(self.client, "last_deploy", []):
+            self._start_deployment(offer)
         for call in calls:
             self._accept(call)
         return len(calls)
@@ -225,6 +243,7 @@ class Agent:
                 self.stop.wait(delay)
         logger.info("stopping: letting running calls finish")
         self._pool.shutdown(wait=True)
+        self._deployer.shutdown(wait=True)
         # Batch jobs keep running; the journal re-attaches them at the next start.
         if tracker.is_alive():
             tracker.join(timeout=self.config.poll_seconds + 5)
@@ -244,6 +263,7 @@ class Agent:
                 with self._busy_changed:
                     self._busy_changed.wait(0.2)
         self._pool.shutdown(wait=True)
+        self._deployer.shutdown(wait=True)
         while self._holds_work() and not self.stop.is_set():
             self.poll_batch_step()
             self._try(self.flush_reports_step)
@@ -416,6 +436,86 @@ class Agent:
                 "because the function is not declared idempotent"
             ),
         )
+
+    # -- deployments of uploaded code ------------------------------------------------
+
+    def _start_deployment(self, offer: dict[str, Any]) -> None:
+        if offer["id"] in self._deploying:
+            return
+        self._deploying.add(offer["id"])
+        self._deployer.submit(self._deploy, offer)
+
+    def _deploy(self, offer: dict[str, Any]) -> None:
+        """Download, check, unpack, prepare and install one approved upload.
+
+        Not journaled: a deployment interrupted by a crash is offered again to
+        the next agent process, and installing is idempotent (deploy.install).
+        """
+        deployment_id = offer["id"]
+        folder = self.config.state_dir / "downloads"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        archive = folder / f"{deployment_id}.archive"
+        try:
+            result = self._download_and_install(offer, archive)
+            logger.info(
+                "%s deployment of %s: %s %s",
+                deployment_id,
+                offer["function"],
+                result.state,
+                result.reason,
+            )
+            self.client.deployment_report(
+                self.agent_id,
+                deployment_id,
+                {
+                    "state": result.state,
+                    "reason": result.reason,
+                    "log_tail": result.log_tail,
+                },
+            )
+            if result.state == "deployed":
+                self.register()
+        except (ServerUnavailable, Refused) as exc:
+            # Offered again to the next agent process; nothing half-installed.
+            logger.error("%s deployment not finished: %s", deployment_id, exc)
+        except Exception as exc:
+            logger.error("%s deployment failed inside the agent: %s", deployment_id, exc)
+            logger.debug("%s traceback", deployment_id, exc_info=True)
+        finally:
+            archive.unlink(missing_ok=True)
+            self._deploying.discard(deployment_id)
+
+    def _download_and_install(
+        self, offer: dict[str, Any], archive
+    ) -> deploy.Result:
+        limit = min(int(offer["size"]), self.config.deploy.max_bytes)
+        try:
+            self.client.deployment_download(
+                self.agent_id, offer["id"], archive, max_bytes=limit
+            )
+        except Refused as exc:
+            return deploy.Result("failed", f"download refused: {exc.detail}", "")
+        approve = None
+        if self.config.consent.mode != "off":
+
+            def approve(executable, arguments) -> None:
+                consent.obtain(
+                    self.client,
+                    self.agent_id,
+                    self.config.site,
+                    self.config.consent.public_key,
+                    self.config.consent,
+                    purpose="prepare",
+                    subject_id=offer["id"],
+                    function=offer["function"],
+                    executable=executable,
+                    arguments_sha256=approval.prepare_arguments_sha256(
+                        arguments["archive_sha256"], arguments["prepare"]
+                    ),
+                    stop=self.stop,
+                )
+
+        return deploy.install(self.config, offer, archive, approve)
 
     # -- batch jobs ----------------------------------------------------------------
 
