@@ -417,6 +417,20 @@ def test_one_agent_process_is_offered_a_deployment_once_a_restarted_one_again(
     assert Deployment.objects.get().session == "s2"
 
 
+def test_the_long_poll_of_a_replaced_agent_process_takes_no_offer(
+    uploader, alice_web, agent
+):
+    assert decide(alice_web, send(uploader)).status_code == 302
+    agent.register("s2")  # a new process started; s1's long-poll is still held
+    agent.session = "s1"
+
+    assert agent.offers() == []
+
+    agent.session = "s2"
+    [offer] = agent.offers()
+    assert Deployment.objects.get(id=offer["id"]).session == "s2"
+
+
 def test_a_finished_deployment_is_not_offered_to_a_restarted_agent(
     uploader, alice_web, agent
 ):
