@@ -11,6 +11,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -505,3 +506,20 @@ def test_another_agents_deployment_is_not_found(alice, bob, uploader, alice_web,
         assert stranger.download(offer["id"]).status_code == 404
         assert stranger.report(offer["id"], "failed").status_code == 404
     assert Deployment.objects.get(id=offer["id"]).state == "offered"
+
+
+def test_operators_see_uploads_in_the_admin_but_never_the_code(uploader, alice_web):
+    upload_id = send(uploader)
+    decide(alice_web, upload_id)
+    root = get_user_model().objects.create_superuser("root", password="pw-root-1")
+    operator = Client()
+    operator.force_login(root)
+
+    listing = operator.get("/admin/consent/codeupload/")
+    page = operator.get(f"/admin/consent/codeupload/{upload_id}/change/")
+
+    assert listing.status_code == 200 and DIGEST in listing.content.decode()
+    assert page.status_code == 200
+    assert SCRIPT.decode() not in page.content.decode()
+    assert operator.get("/admin/consent/codeupload/add/").status_code == 403
+    assert stored(upload_id).state == CodeUpload.State.APPROVED
