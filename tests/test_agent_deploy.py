@@ -40,9 +40,7 @@ def config(tmp_path: Path, **deploy):
         }
     )
     # Below the config's one-second floor, so a timeout test stays quick.
-    return dataclasses.replace(
-        base, deploy=dataclasses.replace(base.deploy, **deploy)
-    )
+    return dataclasses.replace(base, deploy=dataclasses.replace(base.deploy, **deploy))
 
 
 def tar_gz(path: Path, files: dict[str, tuple[str, int]]) -> Path:
@@ -215,7 +213,9 @@ def test_it_unpacks_nothing_when_the_digest_differs(tmp_path):
     assert runners.find_executable(cfg.functions_dir, "hello") is None
 
 
-def test_it_leaves_a_hand_made_function_alone(tmp_path):
+def test_it_leaves_a_hand_made_function_alone(tmp_path, monkeypatch):
+    counter = tmp_path / "runs"
+    monkeypatch.setenv("COUNTER", str(counter))
     cfg = config(tmp_path)
     cfg.functions_dir.mkdir()
     mine = cfg.functions_dir / "hello"
@@ -239,6 +239,7 @@ def test_it_leaves_a_hand_made_function_alone(tmp_path):
         assert "was not installed by a deployment" in result.reason
         assert serving(cfg) == "mine"
         assert not (hidden(cfg) / "versions" / "hello").exists()
+        assert not counter.exists(), "refused before anything ran"
 
 
 def test_installing_the_same_deployment_again_changes_nothing(tmp_path, monkeypatch):
