@@ -330,6 +330,9 @@ def _wait(process: subprocess.Popen, deadline: float) -> int | None:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
+    # Accepted trade-off: when the preparation was already reaped, its group id
+    # could in principle have been taken by a new group; with no member left in
+    # the group this finds nothing (ESRCH) in practice.
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
