@@ -53,7 +53,7 @@ def uploader(alice):
     return api_client(alice, role_list=[roles.POST_CODE], name="ci-build")
 
 
-# -- resource exhaustion ------------------------------------------------------------
+# -- resource exhaustion ----------
 
 
 def test_a_token_cannot_keep_unlimited_uploads_pending(uploader):
@@ -94,7 +94,7 @@ def test_a_huge_pax_header_is_refused_without_inflating_it_into_memory(uploader)
     assert answer.json()["code"] == "unsafe_archive"
 
 
-# -- what the owner is shown -------------------------------------------------------
+# -- what the owner is shown ----------
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_a_function_no_agent_can_install_is_refused_at_upload(uploader, function
     assert answer.json()["code"] == "invalid_function_name"
 
 
-# -- approval scope ------------------------------------------------------------------
+# -- approval scope ----------
 
 
 def test_an_agent_joining_later_is_not_offered_superseded_versions(alice, uploader):
@@ -185,7 +185,7 @@ def test_an_agent_joining_later_is_not_offered_superseded_versions(alice, upload
     assert offered == [second]
 
 
-# -- the recent-login rule ---------------------------------------------------------------
+# -- the recent-login rule ----------
 
 
 def test_a_login_the_provider_remembered_is_not_a_recent_login(
@@ -246,7 +246,7 @@ def test_a_login_the_provider_remembered_is_not_a_recent_login(
     assert not login_is_recent(request)
 
 
-# -- agent-side consent ------------------------------------------------------------------
+# -- agent-side consent ----------
 
 
 def test_the_agent_runs_only_the_bytes_that_were_approved(tmp_path, pinned_file):
