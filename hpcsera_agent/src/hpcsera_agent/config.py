@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,16 @@ class PbsSettings:
 
 
 @dataclass(frozen=True)
+class DeploySettings:
+    """Installing uploaded code (deploy.py); off unless the owner turns it on."""
+
+    enabled: bool = False
+    max_bytes: int = 100 * 1024**2  # bytes actually written while unpacking
+    max_entries: int = 10000
+    prepare_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class LoginSettings:
     """What `hpcsera-agent login` asks for, as the client the user registered."""
 
@@ -101,6 +111,7 @@ class Config:
     functions: dict[str, FunctionSettings] = field(default_factory=dict)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     pbs: PbsSettings = field(default_factory=PbsSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
     # How long a batch job may stay invisible to the scheduler's queries (or in
     # a state this agent does not know) before its call is reported lost.
     batch_grace_seconds: float = 300.0
@@ -156,6 +167,7 @@ def parse(
         "functions",
         "slurm",
         "pbs",
+        "deploy",
         "batch_grace_seconds",
         "login",
         "consent",
@@ -193,6 +205,7 @@ def parse(
         functions=_functions(raw.get("functions", {}), default_runner),
         slurm=_slurm(raw.get("slurm", {})),
         pbs=_pbs(raw.get("pbs", {})),
+        deploy=_deploy(raw.get("deploy", {})),
         batch_grace_seconds=_float(raw, "batch_grace_seconds", 300.0, 1.0, 86400.0),
         token_file=_path(raw, "token_file", "", base) if "token_file" in raw else None,
         login=_login(raw.get("login"), base),
@@ -360,6 +373,26 @@ def _pbs(raw: Any) -> PbsSettings:
         poll_seconds=_float(raw, "poll_seconds", 2.0, 0.1, 600.0),
         **{name: _string(raw, name, name) for name in commands},
     )
+
+
+def _deploy(raw: Any) -> DeploySettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[deploy] must be a table")
+    _known(raw, "deploy", {f.name for f in fields(DeploySettings)})
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError("[deploy] enabled must be true or false")
+    try:
+        return DeploySettings(
+            enabled=enabled,
+            max_bytes=_int(raw, "max_bytes", 100 * 1024**2, 1024, 64 * 1024**3),
+            max_entries=_int(raw, "max_entries", 10000, 1, 1_000_000),
+            prepare_timeout_seconds=_float(
+                raw, "prepare_timeout_seconds", 600.0, 1.0, 86400.0
+            ),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"[deploy] {exc}")
 
 
 def _known(raw: dict[str, Any], table: str, names: set[str]) -> None:

@@ -34,6 +34,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hpcsera_agent import (
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = {"slurm": slurm, "pbs": pbs}
 LOCK_WAIT = batch.COMMAND_TIMEOUT * 2
+DEPLOY_ATTEMPTS = 5
 
 
 class AlreadyRunning(Exception):
@@ -456,37 +458,44 @@ class Agent:
         folder.mkdir(mode=0o700, exist_ok=True)
         archive = folder / f"{deployment_id}.archive"
         try:
-            result = self._download_and_install(offer, archive)
-            logger.info(
-                "%s deployment of %s: %s %s",
-                deployment_id,
-                offer["function"],
-                result.state,
-                result.reason,
-            )
-            self.client.deployment_report(
-                self.agent_id,
-                deployment_id,
-                {
-                    "state": result.state,
-                    "reason": result.reason,
-                    "log_tail": result.log_tail,
-                },
-            )
-            if result.state == "deployed":
-                self.register()
-        except (ServerUnavailable, Refused) as exc:
-            # Offered again to the next agent process; nothing half-installed.
-            logger.error("%s deployment not finished: %s", deployment_id, exc)
+            for attempt in range(1, DEPLOY_ATTEMPTS + 1):
+                try:
+                    self._deploy_once(offer, archive)
+                    break
+                except ServerUnavailable as exc:
+                    # The server offers it to this process only once: retry
+                    # here. Installing again is idempotent (deploy.install).
+                    logger.error("%s deployment interrupted: %s", deployment_id, exc)
+                    if attempt == DEPLOY_ATTEMPTS or self.stop.wait(backoff(attempt)):
+                        break
+        except Refused as exc:
+            logger.error("%s deployment refused by the server: %s", deployment_id, exc)
         except Exception as exc:
-            logger.error("%s deployment failed inside the agent: %s", deployment_id, exc)
+            logger.error(
+                "%s deployment failed inside the agent: %s", deployment_id, exc
+            )
             logger.debug("%s traceback", deployment_id, exc_info=True)
         finally:
             archive.unlink(missing_ok=True)
             self._deploying.discard(deployment_id)
 
+    def _deploy_once(self, offer: dict[str, Any], archive: Path) -> None:
+        result = self._download_and_install(offer, archive)
+        if self.stop.is_set() and result.state == "failed":
+            return  # stopped while waiting: offered again at the next start
+        logger.info(
+            "%s deployment of %s: %s %s",
+            offer["id"],
+            offer["function"],
+            result.state,
+            result.reason,
+        )
+        self.client.deployment_report(self.agent_id, offer["id"], result.report())
+        if result.state == "deployed":
+            self.register()
+
     def _download_and_install(
-        self, offer: dict[str, Any], archive
+        self, offer: dict[str, Any], archive: Path
     ) -> deploy.Result:
         limit = min(int(offer["size"]), self.config.deploy.max_bytes)
         try:
@@ -499,23 +508,29 @@ class Agent:
         if self.config.consent.mode != "off":
 
             def approve(executable, arguments) -> None:
-                consent.obtain(
-                    self.client,
-                    self.agent_id,
-                    self.config.site,
-                    self.config.consent.public_key,
-                    self.config.consent,
-                    purpose="prepare",
-                    subject_id=offer["id"],
-                    function=offer["function"],
-                    executable=executable,
-                    arguments_sha256=approval.prepare_arguments_sha256(
-                        arguments["archive_sha256"], arguments["prepare"]
-                    ),
-                    stop=self.stop,
-                )
+                try:
+                    self._ask_to_prepare(offer, executable, arguments)
+                except approval.NotApproved as exc:
+                    raise deploy.NotApproved(exc.reason)
 
         return deploy.install(self.config, offer, archive, approve)
+
+    def _ask_to_prepare(self, offer, executable, arguments) -> None:
+        consent.obtain(
+            self.client,
+            self.agent_id,
+            self.config.site,
+            self.config.consent.public_key,
+            self.config.consent,
+            purpose="prepare",
+            subject_id=offer["id"],
+            function=offer["function"],
+            executable=executable,
+            arguments_sha256=approval.prepare_arguments_sha256(
+                arguments["archive_sha256"], arguments["prepare"]
+            ),
+            stop=self.stop,
+        )
 
     # -- batch jobs ----------------------------------------------------------------
 
