@@ -66,7 +66,9 @@ class OutputField(serializers.CharField):
     databases store no NUL in text and a refused report would strand the call."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(allow_blank=True, trim_whitespace=False, required=False)
+        super().__init__(
+            allow_blank=True, trim_whitespace=False, required=False, **kwargs
+        )
         self.validators = [
             v
             for v in self.validators
@@ -129,8 +131,11 @@ class Report(serializers.Serializer):
 
 class DeploymentReport(serializers.Serializer):
     state = serializers.ChoiceField(choices=["deployed", "failed"])
-    reason = serializers.CharField(max_length=2000, required=False, default="")
-    log_tail = OutputField()
+    # The agent sends an empty reason with a successful deployment.
+    reason = serializers.CharField(
+        max_length=2000, required=False, allow_blank=True, default=""
+    )
+    log_tail = OutputField(default="")
 
     def validate_log_tail(self, value: str) -> str:
         return value[-settings.HPCSERA["MAX_TAIL_CHARS"] :]

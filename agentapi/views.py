@@ -101,7 +101,13 @@ class AgentClaimView(APIView):
             announced = calls_announce_stop(agent_id=agent.id)
             calls = claim()
             if data.validated_data["deploy"]:
-                offered.extend(code.deployments_offer(agent=agent, token=request.auth))
+                offered.extend(
+                    code.deployments_offer(
+                        agent=agent,
+                        token=request.auth,
+                        session=data.validated_data["session"],
+                    )
+                )
             if calls or announced or offered:
                 return calls, announced
             return None

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from consent.models import AuthRequest, Client
+from consent.models import AuthRequest, Client, CodeUpload, Deployment, RunApproval
 
 
 @admin.register(Client)
@@ -41,3 +41,38 @@ class AuthRequestAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+class ReadOnly(admin.ModelAdmin):
+    """Operators may look and delete; only the owner's consent changes these."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(CodeUpload)
+class CodeUploadAdmin(ReadOnly):
+    list_display = ("created_at", "user", "tag", "function", "state", "sha256", "size")
+    list_filter = ("state", "format")
+    search_fields = ("function", "sha256", "commit", "user__username")
+    # The code itself stays out of the admin: operators never handle it.
+    exclude = ("content",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("content")
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(ReadOnly):
+    list_display = ("offered_at", "upload", "agent", "state", "finished_at")
+    list_filter = ("state",)
+
+
+@admin.register(RunApproval)
+class RunApprovalAdmin(ReadOnly):
+    list_display = ("created_at", "user", "agent", "function", "purpose", "state")
+    list_filter = ("state", "purpose")
+    exclude = ("signature",)

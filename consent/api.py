@@ -54,6 +54,7 @@ class UploadDetail(serializers.Serializer):
     id = serializers.UUIDField()
     state = serializers.ChoiceField(choices=CodeUpload.State.choices)
     function = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["archive", "script"])
     format = serializers.ChoiceField(choices=CodeUpload.Format.choices)
     sha256 = serializers.CharField()
     size = serializers.IntegerField()
@@ -81,6 +82,7 @@ def _detail(request: Request, upload: CodeUpload, deployments=None) -> dict:
         "id": str(upload.id),
         "state": upload.state,
         "function": upload.function,
+        "kind": "script" if upload.format == CodeUpload.Format.SCRIPT else "archive",
         "format": upload.format,
         "sha256": upload.sha256,
         "size": upload.size,

@@ -254,16 +254,24 @@ def uploads_expire_due() -> int:
 # -- deployments -----------------------------------------------------------------
 
 
-def deployments_offer(*, agent: Agent, token: Token) -> list[Deployment]:
+def deployments_offer(
+    *, agent: Agent, token: Token, session: str = ""
+) -> list[Deployment]:
     """Approved uploads this agent has not installed, as deployments to do now.
 
     An upload is offered again to a restarted agent (another session) while its
     deployment is still open: the killed process may never have finished it.
+    Like calls (jobs.services.calls_claim), nothing goes to the claim of a
+    session that is not the agent's current one: a long-poll left behind by a
+    killed process would take the offer with it.
     """
     if roles.GET_CODE not in token.role_set:
         return []
+    if session and not Agent.objects.filter(pk=agent.pk, session=session).exists():
+        return []
+    session = session or agent.session
     done_here = Deployment.objects.filter(upload=OuterRef("pk"), agent=agent).filter(
-        ~Q(state=Deployment.State.OFFERED) | Q(session=agent.session)
+        ~Q(state=Deployment.State.OFFERED) | Q(session=session)
     )
     uploads = (
         CodeUpload.objects.filter(
@@ -279,7 +287,7 @@ def deployments_offer(*, agent: Agent, token: Token) -> list[Deployment]:
         deployment, _ = Deployment.objects.update_or_create(
             upload=upload,
             agent=agent,
-            defaults={"session": agent.session, "offered_at": timezone.now()},
+            defaults={"session": session, "offered_at": timezone.now()},
         )
         deployment.upload = upload
         offers.append(deployment)

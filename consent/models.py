@@ -149,6 +149,9 @@ class CodeUpload(models.Model):
     def is_expired(self, now=None) -> bool:
         return (now or timezone.now()) >= self.expires_at
 
+    def __str__(self) -> str:
+        return f"{self.function} {self.sha256[:12]}"
+
 
 class Deployment(models.Model):
     """One agent installing one approved upload."""

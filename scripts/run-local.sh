@@ -23,9 +23,9 @@ done
 
 USER_NAME=${HPCSERA_DEMO_USER:-demo}
 client_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
-  --roles POST_Job,GET_JobStatus --name "make run client" --lifetime 86400)
+  --roles POST_Job,GET_JobStatus,POST_Code --name "make run client" --lifetime 86400)
 agent_token=$("$PY" manage.py issue_token --user "$USER_NAME" --create-user \
-  --roles GET_Job,UPDATE_JobStatus --name "make run agent" --lifetime 86400)
+  --roles GET_Job,UPDATE_JobStatus,GET_Code --name "make run agent" --lifetime 86400)
 
 # A local OpenID provider stands in for the institution's single sign-on, so
 # the web UI can be tried: user $USER_NAME, a fresh password on every start.
@@ -44,6 +44,10 @@ token = "$agent_token"
 site = "local"
 functions_dir = "$VAR/functions"
 state_dir = "$VAR/agent-state"
+
+[deploy]
+# Installs code uploaded with POST_Code once you approve it in the web UI.
+enabled = true
 TOML
 umask 022
 
@@ -81,13 +85,18 @@ sleep 1
 cat <<MSG
 
 HPCSerA runs on http://127.0.0.1:$PORT (user '$USER_NAME').
-Client token (shown once; POST_Job and GET_JobStatus, valid 24 h):
+Client token (shown once; POST_Job, GET_JobStatus and POST_Code, valid 24 h):
 
   $client_token
 
 Call the example function:
 
   curl -s -X POST -H "Authorization: Bearer $client_token" "http://127.0.0.1:$PORT/$USER_NAME/function/hello?name=Ada"
+
+Upload a function; it is installed once you approve it under Requests:
+
+  printf '#!/bin/sh\\necho uploaded\\n' > /tmp/up.sh
+  curl -s -H "Authorization: Bearer $client_token" -F function=up -F script=@/tmp/up.sh "http://127.0.0.1:$PORT/api/v1/code"
 
 Web UI: http://127.0.0.1:$PORT/ui/ — log in as '$USER_NAME' with password
 '$DEMO_PASSWORD' at the local test identity provider. API docs: /api/docs/

@@ -197,18 +197,19 @@ def test_bytes_changed_on_the_server_after_approval_are_not_deployed(
 ):
     server, page = sso_alice
     owner = Owner(server, page, "code-tampered")
-    upload = owner.upload("tampered", archive("v1", prepare_writing("v1")))
+    approved = archive("v1", prepare_writing("v1"))
+    upload = owner.upload("tampered", approved)
     owner.decide_upload(upload, "approve")
     # Someone with database access swaps the approved bytes before any agent
-    # fetched them; the agent checks them against the approved digest.
-    marker = tmp_path / "evil-ran"
-    evil = archive("evil", f"#!/bin/sh\ntouch {marker}\n")
+    # fetched them (same length, one byte changed); the agent checks them
+    # against the approved digest.
+    swapped = approved[:-5] + bytes([approved[-5] ^ 0xFF]) + approved[-4:]
     server.manage(
         "shell",
         "-c",
         "from consent.models import CodeUpload; "
         f"CodeUpload.objects.filter(id='{upload['id']}')"
-        f".update(content=bytes.fromhex('{evil.hex()}'))",
+        f".update(content=bytes.fromhex('{swapped.hex()}'))",
     )
     agent, functions = start_agent(owner, tmp_path, "careful")
     try:
@@ -216,7 +217,6 @@ def test_bytes_changed_on_the_server_after_approval_are_not_deployed(
         assert failed["state"] == "failed"
         assert "SHA-256" in failed["reason"]
         assert not (functions / "tampered").exists()
-        assert not marker.exists()
         assert not list((functions / ".hpcsera" / "versions").glob("*"))
     finally:
         agent.stop()
@@ -232,7 +232,7 @@ def test_agent_side_consent_runs_only_what_the_owner_approved(sso_alice, tmp_pat
     marker = tmp_path / "ran"
     harness.install_function(functions, "touch", f"#!/bin/sh\ntouch {marker}\n")
     try:
-        time.sleep(1.5)  # the agent notices the new function and registers it
+        wait_offered(owner, "touch")
         denied = owner.api.post(
             server.url + "/alice/async-function/touch", timeout=30
         ).json()
@@ -266,7 +266,7 @@ def test_an_approval_not_signed_by_the_pinned_key_runs_nothing(sso_alice, tmp_pa
     marker = tmp_path / "ran"
     harness.install_function(functions, "touch", f"#!/bin/sh\ntouch {marker}\n")
     try:
-        time.sleep(1.5)
+        wait_offered(owner, "touch")
         call = owner.api.post(
             server.url + "/alice/async-function/touch", timeout=30
         ).json()
@@ -277,6 +277,18 @@ def test_an_approval_not_signed_by_the_pinned_key_runs_nothing(sso_alice, tmp_pa
         assert not marker.exists()
     finally:
         agent.stop()
+
+
+def wait_offered(owner: Owner, function: str, timeout: float = 30) -> None:
+    """Until an agent of the owner's tag offers `function`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        agents = owner.api.get(owner.server.url + "/api/v1/agents", timeout=30)
+        names = {f["name"] for a in agents.json()["agents"] for f in a["functions"]}
+        if function in names:
+            return
+        assert time.monotonic() < deadline, f"{function} is not offered: {names}"
+        time.sleep(0.2)
 
 
 def wait_terminal(owner: Owner, status_url: str, timeout: float = 60) -> dict:

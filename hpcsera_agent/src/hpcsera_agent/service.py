@@ -490,9 +490,10 @@ class Agent:
             result.state,
             result.reason,
         )
-        self.client.deployment_report(self.agent_id, offer["id"], result.report())
         if result.state == "deployed":
+            # Offered before it is reported: "deployed" means callable.
             self.register()
+        self.client.deployment_report(self.agent_id, offer["id"], result.report())
 
     def _download_and_install(
         self, offer: dict[str, Any], archive: Path

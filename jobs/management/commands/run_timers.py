@@ -1,5 +1,6 @@
-"""Fire what is due by the clock: virtual calls past their deadline fail, and
-callbacks are sent (queued for a Celery worker when a broker is configured,
+"""Fire what is due by the clock: virtual calls past their deadline fail, code
+uploads nobody approved in time expire (their bytes deleted), and callbacks are
+sent (queued for a Celery worker when a broker is configured,
 else sent from this process) or retried.
 
 Each step reads due rows from the database, so any number of these (or none
@@ -13,6 +14,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from consent.code import uploads_expire_due
 from jobs.callbacks import deliveries_dispatch, jobs_callbacks_sweep
 from jobs.dag import calls_expire_deadlines
 
@@ -31,6 +33,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, lambda *_: stop.set())
         while True:
             expired = calls_expire_deadlines()
+            uploads_expire_due()
             jobs_callbacks_sweep()
             sent = deliveries_dispatch()
             if once:
