@@ -493,7 +493,9 @@ class Agent:
         if result.state == "deployed":
             # Offered before it is reported: "deployed" means callable.
             self.register()
-        self.client.deployment_report(self.agent_id, offer["id"], result.report())
+        report = result.report()
+        report["reason"] = report["reason"][:2000]  # the server's limit
+        self.client.deployment_report(self.agent_id, offer["id"], report)
 
     def _download_and_install(
         self, offer: dict[str, Any], archive: Path

@@ -42,6 +42,7 @@ READ_ERRORS = (
 # What a tar stream may hold besides file data: a header and padding per entry
 # plus long-name or pax headers. Reading past this means headers are being
 # used to smuggle data (a huge pax header is read into memory by tarfile).
+# Accepted trade-off: one pax header may still take up to this much memory.
 TAR_OVERHEAD_PER_ENTRY = 3 * 1024
 TAR_OVERHEAD = 1024 * 1024
 
@@ -128,6 +129,9 @@ def _tar_entries(archive: Path, max_entries: int, max_bytes: int) -> Iterator[_E
         # Stream mode: members are read once, in order, and never seeked back to.
         capped = _Capped(gz, limit)
         tar = _read(lambda: tarfile.open(fileobj=capped, mode="r|"), "tar.gz")
+        # TODO: tarfile ends the listing silently at the first invalid header
+        # after the first, so garbage appended to an archive is ignored rather
+        # than refused; refusing it needs a header parser of our own.
         while True:
             member = _read(tar.next, "tar.gz")
             if member is None:
