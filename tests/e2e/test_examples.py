@@ -87,13 +87,13 @@ def pipeline(sso, page, tmp_path):
     agent.stop()
 
 
-def approve_in_browser(page, server, sha256: str) -> None:
+def decide_in_browser(page, server, sha256: str, decision: str = "approve") -> None:
     """What the user does: find the upload with the digest the job log shows."""
     log_in(page, server)
     page.goto(server.url + "/ui/requests")
     form = page.locator("form.upload", has_text=sha256)
     assert form.count() == 1, page.content()
-    form.locator("button[value=approve]").click()
+    form.locator(f"button[value={decision}]").click()
     page.wait_for_url(server.url + "/ui/requests")
 
 
@@ -146,7 +146,7 @@ def test_the_gitlab_pipeline_scripts_run_stage_by_stage(pipeline, tmp_path):
                 process = run_job(job, env, checkout, log)
                 if name == "deploy":
                     sha256 = wait_for_digest(process, log_path)
-                    approve_in_browser(page, server, sha256)
+                    decide_in_browser(page, server, sha256)
                 process.communicate(timeout=300)
             stderr = log_path.read_text()
             assert process.returncode == 0, f"{name}: {stderr}"

@@ -186,6 +186,9 @@ class Upload:
             interval = min(POLL_MAX, interval * 1.5)
 
     def _check_digest(self, answer: dict) -> None:
+        # TODO: withdraw the upload on a mismatch; the API has no way to (only
+        # the owner can deny it), so it stays pending until it expires, and
+        # the error tells the user not to approve it.
         # Denied and expired uploads keep their digest; only the bytes go.
         received = str(answer.get("sha256") or "")
         if received != self.sha256:
