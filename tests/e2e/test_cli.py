@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests import harness
+from tests.e2e.conftest import log_in
+from tests.e2e.test_examples import decide_in_browser, wait_for_digest
 
 pytestmark = pytest.mark.e2e
 HPCSERA = str(Path(harness.PYTHON).parent / "hpcsera")
@@ -204,3 +206,40 @@ def test_cancel_ends_a_running_job(run, server, agent, api, tmp_path):
 def test_cancel_without_the_role_exits_3(run, tmp_path):
     done = run("cancel", "00000000-0000-4000-8000-000000000000")
     assert "missing_role" in assert_one_line_error(done, 3)
+
+
+def test_a_code_upload_denied_in_the_browser_exits_6_with_the_reason(
+    sso, page, tmp_path
+):
+    server, _ = sso
+    log_in(page, server)
+    script = tmp_path / "run"
+    script.write_text('#!/bin/sh\necho \'{"never": "runs"}\'\n')
+    environ = {
+        **os.environ,
+        "HPCSERA_SERVER": server.url,
+        "HPCSERA_TOKEN": server.token("alice", "POST_Code", tag="cli-denied"),
+        "HPCSERA_CONFIG": "/nonexistent/client.json",
+    }
+    argv = [HPCSERA, "code", "upload", "never", "--script", str(script)]
+    log_path = tmp_path / "upload.stderr"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*argv, "--wait", "approved", "--timeout", "120"],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        sha256 = wait_for_digest(process, log_path)
+        decide_in_browser(page, server, sha256, "deny")
+        out, _ = process.communicate(timeout=60)
+
+    assert process.returncode == 6 and out == ""
+    errors = [
+        line
+        for line in log_path.read_text().splitlines()
+        if line.startswith("hpcsera: error:")
+    ]
+    assert len(errors) == 1 and "denied" in errors[0], log_path.read_text()
+    assert "Traceback" not in log_path.read_text()

@@ -9,6 +9,8 @@ from hpcsera_client.errors import (
     BadRequest,
     CallTimeout,
     Conflict,
+    DeploymentFailed,
+    DigestMismatch,
     FunctionFailed,
     HpcseraError,
     NotFound,
@@ -16,6 +18,8 @@ from hpcsera_client.errors import (
     RateLimited,
     ServerError,
     TransportError,
+    UploadRejected,
+    UploadTimeout,
 )
 from hpcsera_client.login import (
     AccessDenied,
@@ -24,6 +28,7 @@ from hpcsera_client.login import (
     LoginUnavailable,
 )
 from hpcsera_client.transport import RetryPolicy
+from hpcsera_client.uploads import Upload
 
 __all__ = [
     "AccessDenied",
@@ -35,6 +40,8 @@ __all__ = [
     "CallTimeout",
     "Client",
     "Conflict",
+    "DeploymentFailed",
+    "DigestMismatch",
     "FunctionFailed",
     "HpcseraError",
     "Job",
@@ -47,4 +54,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "TransportError",
+    "Upload",
+    "UploadRejected",
+    "UploadTimeout",
 ]

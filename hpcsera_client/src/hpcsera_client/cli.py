@@ -6,7 +6,10 @@ Exit codes (also in the README):
   2  bad usage or bad local input (arguments, files, configuration)
   3  the server refused the request (4xx: token, role, unknown object, input)
   4  the server could not be reached or failed (connection, 5xx)
-  5  the call had not finished when the CLI stopped waiting
+  5  the call (or upload) had not finished when the CLI stopped waiting
+  6  the code upload was denied by the user or expired unapproved
+  7  an agent failed to deploy the approved code
+  8  the server received other bytes than were sent (do not approve them)
   130 interrupted
 Errors are one line on stderr, never a traceback.
 """
@@ -25,15 +28,21 @@ from hpcsera_client.config import ConfigError, Settings, resolve, save
 from hpcsera_client.errors import (
     ApiError,
     CallTimeout,
+    DeploymentFailed,
+    DigestMismatch,
     FunctionFailed,
     HpcseraError,
     ServerError,
     TransportError,
+    UploadRejected,
+    UploadTimeout,
 )
 from hpcsera_client.login import LoginError, LoginUnavailable, request_token
+from hpcsera_client.pack import PackError, pack_directory
 from hpcsera_client.progress import watch_call, watch_job
 
 OK, FAILED, USAGE, REFUSED, UNAVAILABLE, NOT_FINISHED = 0, 1, 2, 3, 4, 5
+REJECTED, NOT_DEPLOYED, TAMPERED = 6, 7, 8
 INTERRUPTED = 130
 
 
@@ -180,6 +189,98 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return OK
 
 
+def _code_file(name: str, what: str) -> bytes:
+    path = Path(name)
+    try:
+        if path.is_dir():
+            if what != "archive":
+                raise UsageError(f"--script {name} is a directory; give one file")
+            return pack_directory(path)
+        return path.read_bytes()
+    except PackError as exc:
+        raise UsageError(f"cannot pack {name}: {exc}")
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}")
+
+
+def _upload_progress(answer: dict) -> None:
+    states = [f"{d['site']} {d['state']}" for d in answer.get("deployments") or []]
+    shown = f" ({', '.join(states)})" if states else ""
+    print(f"upload {answer['id']}: {answer['state']}{shown}", file=sys.stderr)
+
+
+def cmd_code_upload(args: argparse.Namespace) -> int:
+    if args.archive and not args.prepare:
+        raise UsageError("--archive needs --prepare (its preparation executable)")
+    if args.script and args.prepare:
+        raise UsageError("--prepare goes with --archive; a script has none")
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout needs --wait approved|deployed")
+    archive = _code_file(args.archive, "archive") if args.archive else None
+    script = _code_file(args.script, "script") if args.script else None
+    upload = _client(args).code_upload(
+        args.function,
+        archive=archive,
+        prepare=args.prepare or "",
+        script=script,
+        commit=args.commit,
+        description=args.description,
+        site=args.site,
+    )
+    # The user approves only when this matches the digest the web UI shows.
+    print(
+        f"SHA-256 {upload.sha256}: approve it at {upload.consent_url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    answer = upload.last
+    if args.wait == "approved":
+        answer = upload.wait_approved(args.timeout, on_change=_upload_progress)
+    elif args.wait == "deployed":
+        sites = [args.site] if args.site else None
+        answer = upload.wait_deployed(args.timeout, sites, on_change=_upload_progress)
+    print(json.dumps(answer, indent=2))
+    return OK
+
+
+def cmd_code_status(args: argparse.Namespace) -> int:
+    answer = _client(args).code_status(args.upload_id)
+    print(json.dumps(answer, indent=2))
+    return REJECTED if answer["state"] in ("denied", "expired") else OK
+
+
+def _code_commands(commands: argparse._SubParsersAction) -> None:
+    code = commands.add_parser(
+        "code", help="upload a function's code for consent and deployment"
+    )
+    actions = code.add_subparsers(dest="code_command", required=True)
+    upload = actions.add_parser(
+        "upload",
+        help="upload code (POST_Code); it runs nowhere before you approve it",
+    )
+    upload.add_argument("function")
+    given = upload.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--archive", help="tar.gz or zip; a directory is packed as tar.gz here"
+    )
+    given.add_argument("--script", help="a single file that becomes the function")
+    upload.add_argument("--prepare", help="preparation executable inside the archive")
+    upload.add_argument("--commit", default="", help="the commit it was built from")
+    upload.add_argument("--description", default="", help="one line, shown to you")
+    upload.add_argument("--site", default="", help="deploy on this site only")
+    upload.add_argument(
+        "--wait",
+        choices=["approved", "deployed"],
+        help="wait for your approval, or for the deployment too",
+    )
+    upload.add_argument("--timeout", type=float, help="stop waiting after seconds")
+    upload.set_defaults(run=cmd_code_upload)
+
+    status = actions.add_parser("status", help="state and deployments of an upload")
+    status.add_argument("upload_id")
+    status.set_defaults(run=cmd_code_status)
+
+
 def _token_by_approval(args: argparse.Namespace) -> str:
     def show(code: str) -> None:
         print(
@@ -308,6 +409,8 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--roles", help='roles asked for, e.g. "POST_Job GET_JobStatus"')
     login.add_argument("--tag", default="default")
     login.set_defaults(run=cmd_login)
+
+    _code_commands(commands)
     # TODO: `tokens list` waits for a token listing API on the server
     # (capabilities feature `token_listing`); it is left out rather than faked.
     return parser
@@ -320,8 +423,14 @@ def _exit_code(error: HpcseraError) -> int:
         return REFUSED
     if isinstance(error, FunctionFailed):
         return FAILED
-    if isinstance(error, CallTimeout):
+    if isinstance(error, (CallTimeout, UploadTimeout)):
         return NOT_FINISHED
+    if isinstance(error, UploadRejected):
+        return REJECTED
+    if isinstance(error, DeploymentFailed):
+        return NOT_DEPLOYED
+    if isinstance(error, DigestMismatch):
+        return TAMPERED
     if isinstance(error, (TransportError, ServerError)):
         return UNAVAILABLE
     if isinstance(error, ApiError):
@@ -346,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (exit {exc.exit_code})" if exc.exit_code is not None else ""
         last = f": {tail[-1]}" if tail else ""
         return _fail(f"function_failed{where}: {exc.detail}{last}", FAILED)
+    except DeploymentFailed as exc:
+        tail = exc.log_tail.strip().splitlines()
+        last = f" (log: {tail[-1]})" if tail else ""
+        return _fail(f"{exc}{last}", NOT_DEPLOYED)
     except HpcseraError as exc:
         return _fail(str(exc), _exit_code(exc))
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import requests
 
 from hpcsera_client.errors import CallTimeout, FunctionFailed
 from hpcsera_client.transport import RetryPolicy, Transport
+from hpcsera_client.uploads import Code, Upload, code_form
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
 # Polling starts fast (short functions finish in tens of milliseconds) and
@@ -348,6 +349,49 @@ class Client:
             json={"state": state, "message": message},
         ).json()
         return CallStatus.from_json(data)
+
+    def code_upload(
+        self,
+        function: str,
+        *,
+        archive: Code | None = None,
+        prepare: str = "",
+        script: Code | None = None,
+        commit: str = "",
+        description: str = "",
+        site: str = "",
+    ) -> Upload:
+        """Upload a function's code (POST_Code); it waits for the user's consent.
+
+        `archive` (tar.gz or zip, with `prepare`: the path of its preparation
+        executable) or `script` (a single file that becomes the function), each
+        a path or bytes. The answer must name the SHA-256 of the bytes sent,
+        else DigestMismatch. Like every POST, an upload is never resent after a
+        broken connection: run it again, and the user sees two requests.
+        """
+        fields, files, sha256 = code_form(
+            function=function,
+            archive=archive,
+            prepare=prepare,
+            script=script,
+            commit=commit,
+            description=description,
+            site=site,
+        )
+        # Sized bytes, not a stream: the server refuses chunked uploads.
+        answer = self.transport.request(
+            "POST", "/api/v1/code", data=fields, files=files
+        ).json()
+        return Upload(self, answer, sha256)
+
+    def code_status(self, upload_id: str) -> dict:
+        """GET /api/v1/code/<id>: state, reason and deployments of an upload."""
+        return self.transport.request("GET", f"/api/v1/code/{upload_id}").json()
+
+    def get_upload(self, upload_id: str) -> Upload:
+        """A handle on an existing upload; its digest is the server's."""
+        answer = self.code_status(upload_id)
+        return Upload(self, answer, str(answer["sha256"]))
 
     @classmethod
     def login(

@@ -141,3 +141,53 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class UploadRejected(HpcseraError):
+    """The code upload was denied by the user or expired before approval; the
+    server deleted its bytes. `state` is "denied" or "expired", `reason` the
+    server's words."""
+
+    def __init__(self, upload_id: str, state: str, reason: str):
+        self.upload_id = upload_id
+        self.state = state
+        self.reason = reason
+        super().__init__(f"upload {upload_id} {state}: {reason or 'no reason given'}")
+
+
+class DeploymentFailed(HpcseraError):
+    """An agent could not install an approved upload (unpacking or the
+    preparation step failed); `reason` and `log_tail` are the agent's report."""
+
+    def __init__(self, upload_id: str, site: str, reason: str, log_tail: str = ""):
+        self.upload_id = upload_id
+        self.site = site
+        self.reason = reason
+        self.log_tail = log_tail
+        super().__init__(
+            f"upload {upload_id}: deployment on {site or 'a site'} failed: "
+            f"{reason or 'no reason given'}"
+        )
+
+
+class DigestMismatch(HpcseraError):
+    """The server names another SHA-256 than the bytes this client sent:
+    something on the way changed them. Do not approve that upload."""
+
+    def __init__(self, upload_id: str, sent: str, received: str):
+        self.upload_id = upload_id
+        self.sent = sent
+        self.received = received
+        super().__init__(
+            f"upload {upload_id}: the server holds SHA-256 {received}, but "
+            f"{sent} was sent; do not approve it (it expires unapproved)"
+        )
+
+
+class UploadTimeout(HpcseraError):
+    """The upload was not approved (or deployed) within the time the caller was
+    willing to wait; it may still be approved later."""
+
+    def __init__(self, message: str, upload_id: str):
+        super().__init__(message)
+        self.upload_id = upload_id
