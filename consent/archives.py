@@ -13,6 +13,7 @@ import io
 import posixpath
 import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -20,6 +21,12 @@ from dataclasses import dataclass
 from hpcsera.errors import BadInput
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Control, format (bidi, zero-width) and line/paragraph separator characters.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Extended headers (pax, GNU long names) are read whole into memory by
+# tarfile; real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 64 * 1024
+BLOCK = 512
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -76,8 +83,10 @@ def archive_list(data: bytes, *, max_entries: int, max_bytes: int) -> Listing:
 
 
 def entry_name(name: str) -> str:
-    """The entry's path, normalised; UnsafeEntry when it could leave the folder."""
-    if not name or "\x00" in name or "\\" in name:
+    """The entry's path, normalised; UnsafeEntry when it could leave the folder
+    or could show the owner something else than it is (line breaks, bidi
+    overrides and other invisible characters)."""
+    if not name or "\\" in name or not _plain(name):
         raise UnsafeEntry(f"the entry name {name!r} is not allowed")
     if name.startswith("/"):
         raise UnsafeEntry(f"{name!r} is an absolute path")
@@ -87,6 +96,10 @@ def entry_name(name: str) -> str:
     return "" if clean == "." else clean
 
 
+def _plain(text: str) -> bool:
+    return not any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text)
+
+
 def _link_inside(entry: str, target: str) -> bool:
     if not target or target.startswith("/") or "\x00" in target:
         return False
@@ -94,9 +107,43 @@ def _link_inside(entry: str, target: str) -> bool:
     return joined != ".." and not joined.startswith("../")
 
 
-def _list_tar(data: bytes, max_entries: int, max_bytes: int) -> Listing:
+def _inflated(data: bytes, max_bytes: int) -> io.BufferedReader:
     inflated = gzip.GzipFile(fileobj=io.BytesIO(data))
-    stream = io.BufferedReader(_Counted(inflated, max_bytes + 1024 * 1024))
+    return io.BufferedReader(_Counted(inflated, max_bytes + 1024 * 1024))
+
+
+def _check_extended_headers(stream: io.BufferedReader) -> None:
+    """Walk the tar's headers without tarfile, refusing an extended header
+    larger than MAX_EXTENDED_HEADER before anything reads it into memory."""
+    while True:
+        header = stream.read(BLOCK)
+        if len(header) < BLOCK or not header.strip(b"\x00"):
+            return
+        size = _header_size(header)
+        if header[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_EXTENDED_HEADER:
+            raise UnsafeEntry("it holds an extended header larger than 64 KiB")
+        left = -(-size // BLOCK) * BLOCK
+        while left > 0:
+            chunk = stream.read(min(left, 1024 * 1024))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+
+def _header_size(header: bytes) -> int:
+    field = header[124:136]
+    if field[0] & 0x80:  # base-256, for sizes beyond the octal field
+        return int.from_bytes(field[1:], "big")
+    digits = field.strip(b"\x00 ")
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise UnsafeEntry("it has a damaged header")
+
+
+def _list_tar(data: bytes, max_entries: int, max_bytes: int) -> Listing:
+    _check_extended_headers(_inflated(data, max_bytes))
+    stream = _inflated(data, max_bytes)
     files: list[str] = []
     regular: set[str] = set()
     total = 0

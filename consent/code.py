@@ -12,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
 from consent.archives import UnsafeEntry, archive_list, entry_name
 from consent.models import CodeUpload, Deployment
-from hpcsera.errors import BadInput, Conflict, NotFound
+from hpcsera.errors import BadInput, Conflict, NotFound, TooMany
 from hpcsera.notify import hub
 from jobs import validation
 from jobs.models import Agent
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")
 SCRIPT_STARTS = (b"#!", b"\x7fELF")
 SHOWN_FILES = 200
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def upload_channel(upload_id) -> str:
@@ -57,6 +60,13 @@ def code_upload_create(
     request=None,
 ) -> CodeUpload:
     function = validation.function_name(function)
+    if function.startswith("."):
+        # Agents never offer hidden names (their own state lives in one).
+        raise BadInput(
+            "A function to upload cannot start with '.': agents do not offer "
+            "hidden names.",
+            code="invalid_function_name",
+        )
     if site:
         site = validation.site_name(site)
     commit, description = _commit(commit), _description(description)
@@ -83,27 +93,29 @@ def code_upload_create(
         prepare = _prepare(prepare, listing.regular)
         fmt, files, file_count = listing.format, listing.files, len(listing.files)
 
-    upload = CodeUpload.objects.create(
-        user_id=token.user_id,
-        tag=token.tag,
-        function=function,
-        site=site,
-        format=fmt,
-        prepare=prepare,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        files=files[:SHOWN_FILES],
-        file_count=file_count,
-        content=data,
-        commit=commit,
-        description=description,
-        token_id=token.id,
-        token_name=token.name,
-        client_name=token.client.name if token.client_id else "",
-        source_ip=client_ip(request),
-        expires_at=timezone.now()
-        + timedelta(seconds=_limits()["CODE_CONSENT_SECONDS"]),
-    )
+    with transaction.atomic():
+        _check_pending(token, len(data))
+        upload = CodeUpload.objects.create(
+            user_id=token.user_id,
+            tag=token.tag,
+            function=function,
+            site=site,
+            format=fmt,
+            prepare=prepare,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            files=files[:SHOWN_FILES],
+            file_count=file_count,
+            content=data,
+            commit=commit,
+            description=description,
+            token_id=token.id,
+            token_name=token.name,
+            client_name=token.client.name if token.client_id else "",
+            source_ip=client_ip(request),
+            expires_at=timezone.now()
+            + timedelta(seconds=_limits()["CODE_CONSENT_SECONDS"]),
+        )
     security_event_record(
         user=token.user,
         kind=SecurityEvent.Kind.CODE_UPLOADED,
@@ -120,6 +132,27 @@ def code_upload_create(
     return upload
 
 
+def _check_pending(token: Token, size: int) -> None:
+    """Refuse beyond the pending count or bytes of the user; the user's row is
+    locked so that concurrent uploads cannot all pass the same count."""
+    get_user_model().objects.select_for_update().filter(pk=token.user_id).first()
+    pending = CodeUpload.objects.filter(
+        user_id=token.user_id,
+        state=CodeUpload.State.PENDING,
+        expires_at__gt=timezone.now(),
+    ).aggregate(count=Count("id"), size=Sum("size"))
+    limits = _limits()
+    if (
+        pending["count"] >= limits["CODE_MAX_PENDING"]
+        or (pending["size"] or 0) + size > limits["CODE_MAX_PENDING_BYTES"]
+    ):
+        raise TooMany(
+            f"{pending['count']} uploads already wait for your approval; decide "
+            "those first, or wait until they expire.",
+            code="too_many_pending_uploads",
+        )
+
+
 def _commit(raw: str) -> str:
     raw = raw.strip()
     if raw and not COMMIT.fullmatch(raw):
@@ -128,7 +161,7 @@ def _commit(raw: str) -> str:
 
 
 def _description(raw: str) -> str:
-    if len(raw) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in raw):
+    if len(raw) > 200 or not plain_text(raw):
         raise BadInput(
             "description is one line of at most 200 characters.",
             code="invalid_description",
@@ -153,6 +186,12 @@ def _prepare(raw: str, regular: frozenset[str]) -> str:
             code="invalid_prepare",
         )
     return path
+
+
+def plain_text(text: str) -> bool:
+    """No control, format (bidi overrides, zero-width) or line/paragraph
+    separator characters: what the owner reads is what it is."""
+    return not any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text)
 
 
 # -- reads ---------------------------------------------------------------------
@@ -215,6 +254,8 @@ def code_upload_decide(
     ).update(**fields)
     if not changed:
         raise Conflict("This upload was decided or expired meanwhile.", code="decided")
+    if approve:
+        _supersede_older(upload, now)
     security_event_record(
         user=user,
         kind=SecurityEvent.Kind.CODE_APPROVED
@@ -233,6 +274,23 @@ def code_upload_decide(
         _publish(work_channel(upload.user_id, upload.tag))
     upload.refresh_from_db()
     return upload
+
+
+def _supersede_older(upload: CodeUpload, now) -> None:
+    """An approval is no standing permission for earlier versions: agents
+    that have not installed those yet never will, and their bytes go."""
+    CodeUpload.objects.filter(
+        user_id=upload.user_id,
+        tag=upload.tag,
+        function=upload.function,
+        site=upload.site,
+        state=CodeUpload.State.APPROVED,
+        decided_at__lt=now,
+    ).update(
+        state=CodeUpload.State.SUPERSEDED,
+        content=b"",
+        reason=f"replaced by the approved upload {upload.id}; the code was deleted",
+    )
 
 
 def uploads_expire_due() -> int:
@@ -273,17 +331,22 @@ def deployments_offer(
     done_here = Deployment.objects.filter(upload=OuterRef("pk"), agent=agent).filter(
         ~Q(state=Deployment.State.OFFERED) | Q(session=session)
     )
-    uploads = (
+    approved = (
         CodeUpload.objects.filter(
             user_id=agent.user_id, tag=agent.tag, state=CodeUpload.State.APPROVED
         )
         .filter(Q(site="") | Q(site=agent.site))
-        .filter(~Exists(done_here))
+        .annotate(done=Exists(done_here))
         .defer("content")
-        .order_by("created_at")
+        .order_by("decided_at")
     )
+    # Only the newest approved version of each function is for this agent
+    # (one for every site and one for its own site may both be approved).
+    newest = {upload.function: upload for upload in approved}
     offers = []
-    for upload in uploads[:8]:
+    for upload in sorted(newest.values(), key=lambda u: u.decided_at)[:8]:
+        if upload.done:
+            continue
         deployment, _ = Deployment.objects.update_or_create(
             upload=upload,
             agent=agent,

@@ -94,6 +94,8 @@ class CodeUpload(models.Model):
         APPROVED = "approved"
         DENIED = "denied"
         EXPIRED = "expired"
+        # A newer upload of the same function (and site) was approved.
+        SUPERSEDED = "superseded"
 
     class Format(models.TextChoices):
         TAR_GZ = "tar.gz"

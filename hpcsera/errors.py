@@ -64,6 +64,12 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
+class TooMany(ApiError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
 def problem(
     status: int, code: str, title: str, detail: str, **extra: Any
 ) -> dict[str, Any]:

@@ -218,6 +218,11 @@ HPCSERA = {
     "CODE_MAX_UNPACKED_BYTES": env.integer(
         "HPCSERA_CODE_MAX_UNPACKED_BYTES", 200 * 1024**2, minimum=1
     ),
+    # Pending uploads per user: they hold bytes and fill the owner's inbox.
+    "CODE_MAX_PENDING": env.integer("HPCSERA_CODE_MAX_PENDING", 10, minimum=1),
+    "CODE_MAX_PENDING_BYTES": env.integer(
+        "HPCSERA_CODE_MAX_PENDING_BYTES", 100 * 1024**2, minimum=1
+    ),
     "CODE_CONSENT_SECONDS": env.integer(
         "HPCSERA_CODE_CONSENT_SECONDS", 600, minimum=10
     ),

@@ -289,3 +289,19 @@ def test_it_refuses_a_zip_whose_declared_size_is_smaller_than_its_data(tmp_path,
 
     refuse(world, archive, "zip", "damaged")
     assert (dest_in(world) / "liar").stat().st_size <= 10
+
+
+@pytest.mark.parametrize("name", ["run\nprepare.sh", "setup\u202ehs.txt", "a\u2028b"])
+def test_it_refuses_names_with_control_or_invisible_characters(tmp_path, name):
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(info, io.BytesIO(b"x"))
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(buffer.getvalue())
+    dest = tmp_path / "dest"
+
+    with pytest.raises(UnsafeArchive, match="invisible"):
+        unpack(archive, "tar.gz", dest, max_entries=10, max_bytes=100)
+    assert not dest.exists() or not any(dest.iterdir())

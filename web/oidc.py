@@ -18,6 +18,7 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
 from web.models import OidcIdentity
+from web.recent import AUTH_TIME_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ class IdentityBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("ID token authorized for another party")
         if not payload.get("sub"):
             raise SuspiciousOperation("ID token without a subject")
+        # When the person last proved who they are at the provider, which may
+        # be long before this login (a remembered session there): approving
+        # code needs that to be recent, not this callback (web.recent).
+        auth_time = payload.get("auth_time")
+        request = getattr(self, "request", None)
+        if request is not None and isinstance(auth_time, (int, float)):
+            request.session[AUTH_TIME_KEY] = int(auth_time)
         return payload
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict):
@@ -121,5 +129,6 @@ class AuthenticationRequestView(OIDCAuthenticationRequestView):
     def get_extra_params(self, request):
         params = dict(super().get_extra_params(request) or {})
         if request.GET.get("prompt") == "login":
-            params["prompt"] = "login"
+            # Both: providers differ in which one they honour.
+            params.update(prompt="login", max_age="0")
         return params

@@ -15,11 +15,20 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
 SESSION_KEY = "hpcsera_login_at"
+# Set by the OIDC backend from the ID token's `auth_time` during the login.
+AUTH_TIME_KEY = "hpcsera_auth_time"
 
 
 def login_stamp(request: HttpRequest) -> None:
-    if request is not None and hasattr(request, "session"):
-        request.session[SESSION_KEY] = int(time.time())
+    """Stamp the session with when the person authenticated: the provider's
+    `auth_time` when it says, else now (a provider that does not say is
+    trusted to have asked; the re-login link asks it to with max_age=0)."""
+    if request is None or not hasattr(request, "session"):
+        return
+    now = int(time.time())
+    auth_time = request.session.pop(AUTH_TIME_KEY, None)
+    stamp = min(now, auth_time) if isinstance(auth_time, int) else now
+    request.session[SESSION_KEY] = stamp
 
 
 def login_is_recent(request: HttpRequest) -> bool:

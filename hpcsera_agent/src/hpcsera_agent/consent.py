@@ -81,6 +81,11 @@ def obtain(
     decided = _decision(client, agent_id, approval_id, settings, deadline, stop)
     expected = dict(asked, approval_id=approval_id, agent_id=agent_id, site=site)
     verify(decided.get("approval") or {}, expected, public_key)
+    # The wait may have been long: what runs now must still be what was
+    # approved. Left: the instant between this check and the exec, and for a
+    # batch job its time in the queue (the folder's owner is trusted).
+    if file_sha256(executable) != asked["executable_sha256"]:
+        raise NotApproved("the executable changed while waiting for approval")
     logger.info("%s approved by %s", subject_id, approval_id)
 
 

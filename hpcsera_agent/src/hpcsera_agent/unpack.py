@@ -17,6 +17,7 @@ import os
 import posixpath
 import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -87,6 +88,10 @@ def safe_parts(name: str, *, folder: bool = False) -> tuple[str, ...]:
     # Windows means a separator by it: "..\\x" would climb out there.
     if "\\" in name:
         raise UnsafeArchive(f"entry {name!r} has a backslash in its name")
+    # Line breaks, bidi overrides and other invisible characters make a name
+    # read as another one on the consent page and in listings.
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise UnsafeArchive(f"entry {name!r} has control or invisible characters")
     if name.startswith("/"):
         raise UnsafeArchive(f"entry {name!r} has an absolute path")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))

@@ -1,9 +1,6 @@
-"""Red-team findings on code uploads, the owner's consent and deployments.
-
-Each test states the behaviour the capability should have and fails on the
-code as it stands (branch `redteam`, a copy of main). The fix each one asks
-for is described in its docstring.
-"""
+"""Abuse of code uploads, the owner's consent and deployments: flooding,
+archives that inflate in memory, text that reads as something else, stale
+approvals and logins, and bytes swapped while the owner decides."""
 
 from __future__ import annotations
 
@@ -57,12 +54,7 @@ def uploader(alice):
 
 
 def test_a_token_cannot_keep_unlimited_uploads_pending(uploader):
-    """MEDIUM. Nothing caps pending uploads: one POST_Code token can park
-    HPCSERA_CODE_MAX_BYTES (20 MB) per request in the database, without end,
-    for HPCSERA_CODE_CONSENT_SECONDS each, and bury the owner's inbox (which
-    renders every pending upload, unpaginated). Fix: a per-user (and per-token)
-    cap on pending uploads and on their total bytes, refused with 429
-    `too_many_pending_uploads` (problem+json), plus a rate limit on POST."""
+    """Pending uploads hold bytes and fill the owner's inbox: capped per user."""
     answers = [
         _upload(uploader, function=f"f{i}", script=SimpleUploadedFile("r", SCRIPT))
         for i in range(60)
@@ -74,15 +66,7 @@ def test_a_token_cannot_keep_unlimited_uploads_pending(uploader):
 
 
 def test_a_huge_pax_header_is_refused_without_inflating_it_into_memory(uploader):
-    """MEDIUM. consent/archives.py caps the inflated tar stream only at
-    CODE_MAX_UNPACKED_BYTES + 1 MB, and tarfile reads a pax header whole into
-    memory: a 190 KB upload with one 190 MB pax header cost the server process
-    ~720 MB RSS and 2 s CPU (measured), so a few parallel requests with a
-    POST_Code token exhaust a server's memory. Fix: in _list_tar, bound the
-    bytes of the stream that are not file data (headers, pax and GNU long-name
-    records) to a few KB per entry, as the agent's TAR_OVERHEAD_PER_ENTRY
-    intends, and refuse a pax/long-name member larger than e.g. 64 KB before
-    tarfile reads it (a small header parser of our own), `unsafe_archive`."""
+    """tarfile reads an extended header whole: one over 64 KiB is refused first."""
     data = _tar_gz({"run": b"#!/bin/sh\n"}, pax={"comment": "A" * (8 * 1024 * 1024)})
     answer = _upload(
         uploader,
@@ -106,10 +90,7 @@ def test_a_huge_pax_header_is_refused_without_inflating_it_into_memory(uploader)
     ],
 )
 def test_a_description_is_one_plain_line(uploader, description):
-    """LOW. _description refuses only ASCII controls: bidi overrides, U+2028/9
-    and C1 controls pass, so an attacker with the token can make the text the
-    owner reads on the consent page differ from what it is. Fix: refuse
-    unicodedata categories Cc, Cf, Zl, Zp (invalid_description)."""
+    """Bidi overrides, separators and C1 controls would disguise the text."""
     answer = _upload(
         uploader,
         function="hello",
@@ -124,11 +105,7 @@ def test_a_description_is_one_plain_line(uploader, description):
 def test_archive_entry_names_with_control_or_bidi_characters_are_refused(
     uploader, name
 ):
-    """LOW. entry_name refuses NUL and backslash only: names with newlines or
-    bidi overrides are listed on the consent page (spoofing what the owner
-    thinks he approves) and installed by the agent. Fix: refuse Cc/Cf/Zl/Zp
-    characters in entry names on both sides (archives.entry_name and
-    unpack.safe_parts)."""
+    """A file name must read on the consent page as what it is."""
     data = _tar_gz({"run": b"#!/bin/sh\n", "prep": b"#!/bin/sh\n", name: b"x"})
     answer = _upload(
         uploader,
@@ -142,11 +119,7 @@ def test_archive_entry_names_with_control_or_bidi_characters_are_refused(
 
 @pytest.mark.parametrize("function", [".hidden", ".hpcsera"])
 def test_a_function_no_agent_can_install_is_refused_at_upload(uploader, function):
-    """LOW (careless user). The server accepts function names starting with a
-    dot, the agent's deploy._paths refuses them ("cannot be installed"): the
-    owner approves bytes that fail on every cluster, against the promise that
-    the server refuses at once what no agent would install. Fix: refuse a
-    leading dot in code_upload_create (invalid_function_name)."""
+    """Agents never offer hidden names: refused at once, not after approval."""
     answer = _upload(
         uploader, function=function, script=SimpleUploadedFile("r", SCRIPT)
     )
@@ -158,15 +131,7 @@ def test_a_function_no_agent_can_install_is_refused_at_upload(uploader, function
 
 
 def test_an_agent_joining_later_is_not_offered_superseded_versions(alice, uploader):
-    """MEDIUM. An approved upload stays `approved`, with its bytes, forever, and
-    deployments_offer hands every one of them to any agent of the tag that has
-    not installed it: an agent registered months later (or under a new site
-    name) installs v1, runs v1's preparation step, then v2, ... an old
-    approval is a standing permission, including for versions the owner
-    replaced because they were broken or vulnerable. Fix: offer only the
-    newest approved upload per (function, site), mark older ones `superseded`
-    (and delete their bytes) once a newer one is approved, and give approved
-    uploads an offer window after which their bytes are deleted."""
+    """An approval is no standing permission for versions replaced since."""
     from django.test import Client
 
     web = Client()
@@ -191,15 +156,7 @@ def test_an_agent_joining_later_is_not_offered_superseded_versions(alice, upload
 def test_a_login_the_provider_remembered_is_not_a_recent_login(
     alice, settings, monkeypatch
 ):
-    """MEDIUM. web.recent stamps the session with the time of the OIDC
-    callback, not with when the user authenticated: the ID token's auth_time
-    is never read and max_age never sent, and `prompt=login` is only a link
-    the UI offers (/oidc/authenticate/ without it works just as well). So
-    anyone at a browser with a live SSO session at the provider (an
-    unattended workstation) gets a "recent login" without a password and may
-    approve code. Fix: send max_age=RECENT_LOGIN_SECONDS (and prompt=login)
-    on the re-login, require auth_time in the ID token, and stamp the session
-    with auth_time (from IdentityBackend.verify_token), not with time.time()."""
+    """A remembered login at the provider (old auth_time) is not recent."""
     from django.contrib import auth
     from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
@@ -250,15 +207,7 @@ def test_a_login_the_provider_remembered_is_not_a_recent_login(
 
 
 def test_the_agent_runs_only_the_bytes_that_were_approved(tmp_path, pinned_file):
-    """LOW (the functions folder's owner is trusted by design; uploaded and
-    hand-made functions run as that owner). The agent hashes the resolved
-    `run` when it asks, waits up to [consent] wait_seconds for the decision,
-    then execs the same *path*: whatever rewrote the file meanwhile (another
-    function's process, a preparation step running as the same user) runs
-    under the approval. For Slurm/PBS the window is the whole queue wait.
-    Fix: before exec, copy the approved file into the call's private work
-    folder (0700) while hashing it and exec that copy (or hash again right
-    before exec and refuse on mismatch); make installed versions read-only."""
+    """A file rewritten while the owner decides does not run."""
     from tests.test_agent_consent import (
         CALL,
         FakeServer,
