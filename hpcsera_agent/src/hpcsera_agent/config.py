@@ -17,11 +17,15 @@ else:  # pragma: no cover - exercised on older cluster Pythons
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from hpcsera_agent.approval import PasskeyPin
+
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RP_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 RUNNERS = ("local", "slurm", "pbs")
 CONSENT_MODES = ("off", "uploaded", "all")
+CONSENT_VERIFY = ("server", "passkey")
 DEFAULT_CONFIG = "~/.config/hpcsera/agent.toml"
 
 
@@ -92,6 +96,13 @@ class ConsentSettings:
     # Loaded while the config is read, so a bad key stops the agent at start
     # instead of failing every call that needs consent.
     public_key: Ed25519PublicKey | None = field(default=None, repr=False, compare=False)
+    # "server": approvals signed with the server's key (public_key_file);
+    # "passkey": signed by the user's passkey, pinned with its RP id and origin.
+    verify: str = "server"
+    passkey_public_key_file: Path | None = None
+    rp_id: str = ""
+    origin: str = ""
+    passkey: PasskeyPin | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -302,9 +313,24 @@ def _login(raw: Any, base: Path) -> LoginSettings | None:
 def _consent(raw: Any, base: Path) -> ConsentSettings:
     if not isinstance(raw, dict):
         raise ConfigError("[consent] must be a table")
-    _known(raw, "consent", {"mode", "public_key_file", "wait_seconds"})
+    _known(
+        raw,
+        "consent",
+        {
+            "mode",
+            "public_key_file",
+            "wait_seconds",
+            "verify",
+            "passkey_public_key_file",
+            "rp_id",
+            "origin",
+        },
+    )
     mode = _choice(raw, "mode", CONSENT_MODES, "off")
     wait_seconds = _float(raw, "wait_seconds", 600.0, 1.0, 86400.0)
+    verify = _choice(raw, "verify", CONSENT_VERIFY, "server")
+    if verify == "passkey":
+        return _consent_passkey(raw, base, mode, wait_seconds)
     if "public_key_file" not in raw:
         if mode != "off":
             raise ConfigError(f"[consent] mode {mode} needs public_key_file")
@@ -320,6 +346,37 @@ def _consent(raw: Any, base: Path) -> ConsentSettings:
     except ValueError as exc:
         raise ConfigError(f"[consent] public_key_file {exc}")
     return ConsentSettings(mode, path, wait_seconds, key)
+
+
+def _consent_passkey(
+    raw: dict[str, Any], base: Path, mode: str, wait_seconds: float
+) -> ConsentSettings:
+    for key in ("passkey_public_key_file", "rp_id", "origin"):
+        if key not in raw:
+            raise ConfigError(f'[consent] verify = "passkey" needs {key}')
+    rp_id = _string(raw, "rp_id")
+    if not RP_ID.fullmatch(rp_id):
+        raise ConfigError("[consent] rp_id must be a host name (no scheme or port)")
+    origin = _string(raw, "origin").rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+", origin):
+        raise ConfigError("[consent] origin must be scheme://host[:port], no path")
+    path = _path(raw, "passkey_public_key_file", "", base)
+    from hpcsera_agent.approval import PasskeyPin, load_passkey_key
+
+    try:
+        key = load_passkey_key(path)
+    except ValueError as exc:
+        raise ConfigError(f"[consent] passkey_public_key_file {exc}")
+    return ConsentSettings(
+        mode,
+        None,
+        wait_seconds,
+        verify="passkey",
+        passkey_public_key_file=path,
+        rp_id=rp_id,
+        origin=origin,
+        passkey=PasskeyPin(key, rp_id, origin),
+    )
 
 
 def _functions(raw: Any, default_runner: str) -> dict[str, FunctionSettings]:

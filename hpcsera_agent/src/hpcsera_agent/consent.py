@@ -2,7 +2,9 @@
 
 `obtain` asks for an approval of one exact run (executable bytes, arguments,
 a fresh nonce), waits for the user's decision, and accepts only a statement
-signed with the pinned key that repeats what was asked (approval.verify).
+signed with the pinned key that repeats what was asked: the server's key
+(approval.verify) or, with [consent] verify = "passkey", the user's passkey
+(approval.verify_passkey).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcsera_agent.approval import NotApproved, file_sha256, verify
+from hpcsera_agent.approval import NotApproved, file_sha256, verify, verify_passkey
 from hpcsera_agent.client import Refused, ServerUnavailable, backoff
 from hpcsera_agent.config import ConsentSettings
 
@@ -55,7 +57,7 @@ def obtain(
     client: Any,
     agent_id: str,
     site: str,
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey | None,
     settings: ConsentSettings,
     *,
     purpose: str,
@@ -80,7 +82,15 @@ def obtain(
     logger.info("%s waits for approval %s of %s", subject_id, approval_id, function)
     decided = _decision(client, agent_id, approval_id, settings, deadline, stop)
     expected = dict(asked, approval_id=approval_id, agent_id=agent_id, site=site)
-    verify(decided.get("approval") or {}, expected, public_key)
+    answer_approval = decided.get("approval") or {}
+    if settings.verify == "passkey":
+        if settings.passkey is None:
+            raise NotApproved("no passkey is pinned (consent settings not loaded)")
+        verify_passkey(answer_approval, expected, settings.passkey)
+    elif public_key is None:
+        raise NotApproved("no server key is pinned (consent settings not loaded)")
+    else:
+        verify(answer_approval, expected, public_key)
     # The wait may have been long: what runs now must still be what was
     # approved. Left: the instant between this check and the exec, and for a
     # batch job its time in the queue (the folder's owner is trusted).
