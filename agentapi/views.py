@@ -248,6 +248,10 @@ def _approval(approval: RunApproval) -> dict:
             "statement": approval.statement,
             "signature": approval.signature,
         }
+        if approval.passkey:
+            # The user's authenticator's own word over the same statement;
+            # agents that pin the passkey check only this.
+            answer["approval"]["passkey"] = approval.passkey
     return answer
 
 

@@ -188,6 +188,29 @@ class Deployment(models.Model):
         ]
 
 
+class Passkey(models.Model):
+    """A WebAuthn credential (ES256) of a user, for approving runs.
+
+    Only the public key is here; the private key never leaves the user's
+    authenticator. Agents that verify with "passkey" pin `public_key` too.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="passkeys"
+    )
+    credential_id = models.CharField(max_length=1400, unique=True)  # base64url
+    public_key = models.TextField(help_text="PEM, SubjectPublicKeyInfo, P-256")
+    rp_id = models.CharField(max_length=253)
+    name = models.CharField(max_length=100)
+    sign_count = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user_id})"
+
+
 class RunApproval(models.Model):
     """An agent asking its owner before it runs something (agent-side consent).
 
@@ -238,6 +261,12 @@ class RunApproval(models.Model):
     decided_by = models.CharField(max_length=150, blank=True)
     statement = models.JSONField(null=True, blank=True)
     signature = models.CharField(max_length=128, blank=True)
+    # Approving with a passkey: the statement offered for signing (its
+    # challenge is what the passkey must sign; single use), and then the
+    # passkey's assertion over it, which the agent checks itself.
+    prepared = models.JSONField(null=True, blank=True)
+    prepared_challenge = models.CharField(max_length=64, blank=True)
+    passkey = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     decided_at = models.DateTimeField(null=True, blank=True)

@@ -3,6 +3,8 @@ token requests waiting for the user's decision."""
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -10,9 +12,10 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from consent import passkeys as passkey_services
 from consent.approvals import run_approval_decide
 from consent.code import code_upload_decide, uploads_expire_due
-from consent.models import AuthRequest, Client, CodeUpload, RunApproval
+from consent.models import AuthRequest, Client, CodeUpload, Passkey, RunApproval
 from consent.services import auth_request_decide, client_register, client_revoke
 from hpcsera.errors import ApiError, BadInput
 from jobs.selectors import parse_uuid
@@ -125,6 +128,7 @@ def _inbox_context(request: HttpRequest, **extra) -> dict:
         "waiting": len(pending) + len(uploads) + len(runs),
         "recent_login": login_is_recent(request),
         "reauth_url": reauthenticate_url(request.path),
+        "has_passkey": Passkey.objects.filter(user=request.user).exists(),
         **extra,
     }
 
@@ -233,3 +237,127 @@ def decide(request: HttpRequest, request_id: str) -> HttpResponse:
     except BadInput as exc:
         return _refuse(request, exc.detail, 400)
     return redirect("ui-inbox")
+
+
+# Passkeys: the page, and the JSON endpoints its script and the inbox's call.
+
+
+def _json_body(request: HttpRequest) -> dict:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (UnicodeDecodeError, ValueError):
+        raise BadInput("The body is not JSON.", code="invalid_json")
+    if not isinstance(body, dict):
+        raise BadInput("The body is not a JSON object.", code="invalid_json")
+    return body
+
+
+def _json_error(exc: ApiError) -> JsonResponse:
+    return JsonResponse({"detail": exc.detail, "code": exc.code}, status=exc.status)
+
+
+@login_required
+@require_GET
+def passkeys(request: HttpRequest) -> HttpResponse:
+    listing = Passkey.objects.filter(user=request.user).order_by("-created_at")
+    rp_id, origin = passkey_services.relying_party(request)
+    context = {
+        "passkeys": listing,
+        "rp_id": rp_id,
+        "origin": origin,
+        "recent_login": login_is_recent(request),
+        "reauth_url": reauthenticate_url(request.path),
+    }
+    return render(request, "web/passkeys.html", context)
+
+
+@login_required
+@require_POST
+def passkey_options(request: HttpRequest) -> JsonResponse:
+    # Adding a key that can approve runs is as consequential as approving one.
+    if not login_is_recent(request):
+        return JsonResponse(
+            {"detail": "Adding a passkey needs a recent login.", "code": "stale"},
+            status=403,
+        )
+    options = passkey_services.passkey_register_begin(
+        user=request.user, request=request
+    )
+    return JsonResponse(options)
+
+
+@login_required
+@require_POST
+def passkey_add(request: HttpRequest) -> JsonResponse:
+    if not login_is_recent(request):
+        return JsonResponse(
+            {"detail": "Adding a passkey needs a recent login.", "code": "stale"},
+            status=403,
+        )
+    try:
+        body = _json_body(request)
+        passkey = passkey_services.passkey_register_complete(
+            user=request.user,
+            request=request,
+            response=body.get("credential") or {},
+            name=str(body.get("name") or ""),
+        )
+    except ApiError as exc:
+        return _json_error(exc)
+    return JsonResponse(
+        {"id": str(passkey.id), "public_key": passkey.public_key}, status=201
+    )
+
+
+@login_required
+@require_POST
+def passkey_remove_view(request: HttpRequest, passkey_id: str) -> HttpResponse:
+    passkey = Passkey.objects.filter(
+        user=request.user, id=parse_uuid(passkey_id)
+    ).first()
+    if passkey is None:
+        raise Http404
+    passkey_services.passkey_remove(passkey=passkey, request=request)
+    return redirect("ui-passkeys")
+
+
+def _own_approval(request: HttpRequest, approval_id: str) -> RunApproval:
+    approval = (
+        RunApproval.objects.filter(user=request.user, id=parse_uuid(approval_id))
+        .select_related("agent")
+        .first()
+    )
+    if approval is None:
+        raise Http404
+    return approval
+
+
+@login_required
+@require_POST
+def run_passkey_prepare(request: HttpRequest, approval_id: str) -> JsonResponse:
+    approval = _own_approval(request, approval_id)
+    try:
+        prepared = passkey_services.run_approval_prepare(
+            approval=approval, user=request.user, request=request
+        )
+    except ApiError as exc:
+        return _json_error(exc)
+    return JsonResponse(prepared)
+
+
+@login_required
+@require_POST
+def run_passkey_decide(request: HttpRequest, approval_id: str) -> JsonResponse:
+    # No recent-login check here: the assertion itself carries a fresh user
+    # verification (UV) by the authenticator, which is more than a login is.
+    approval = _own_approval(request, approval_id)
+    try:
+        approval = passkey_services.run_approval_passkey_decide(
+            approval=approval,
+            user=request.user,
+            assertion=_json_body(request),
+            request=request,
+        )
+    except ApiError as exc:
+        return _json_error(exc)
+    return JsonResponse({"id": str(approval.id), "state": approval.state})

@@ -252,6 +252,11 @@ HPCSERA = {
     # PEM file of the Ed25519 key that signs run approvals (consent.signing).
     # Empty: a development key is made once under var/; production refuses.
     "APPROVAL_KEY_FILE": env.string("HPCSERA_APPROVAL_KEY_FILE", ""),
+    # Passkeys (consent.passkeys): the WebAuthn RP id and origin. Empty: the
+    # host the UI is served on (without port) and the request's own origin.
+    # Agents pin both, so set them explicitly behind a proxy.
+    "WEBAUTHN_RP_ID": env.string("HPCSERA_WEBAUTHN_RP_ID", ""),
+    "WEBAUTHN_ORIGIN": env.string("HPCSERA_WEBAUTHN_ORIGIN", ""),
 }
 
 # Celery sends callbacks when a broker is configured (CELERY_BROKER_URL, else

@@ -66,6 +66,8 @@ class SecurityEvent(models.Model):
         CODE_DENIED = "code_denied", "Code denied"
         RUN_APPROVED = "run_approved", "Run approved"
         RUN_DENIED = "run_denied", "Run denied"
+        PASSKEY_ADDED = "passkey_added", "Passkey added"
+        PASSKEY_REMOVED = "passkey_removed", "Passkey removed"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -32,4 +32,22 @@ urlpatterns = [
         name="ui-decide-upload",
     ),
     path("runs/<str:approval_id>/decide", consent_ui.decide_run, name="ui-decide-run"),
+    path(
+        "runs/<str:approval_id>/passkey/prepare",
+        consent_ui.run_passkey_prepare,
+        name="ui-run-passkey-prepare",
+    ),
+    path(
+        "runs/<str:approval_id>/passkey/approve",
+        consent_ui.run_passkey_decide,
+        name="ui-run-passkey-approve",
+    ),
+    path("passkeys", consent_ui.passkeys, name="ui-passkeys"),
+    path("passkeys/options", consent_ui.passkey_options, name="ui-passkey-options"),
+    path("passkeys/add", consent_ui.passkey_add, name="ui-passkey-add"),
+    path(
+        "passkeys/<str:passkey_id>/remove",
+        consent_ui.passkey_remove_view,
+        name="ui-passkey-remove",
+    ),
 ]
