@@ -215,7 +215,9 @@ class RunApproval(models.Model):
     """An agent asking its owner before it runs something (agent-side consent).
 
     What the agent asked for is kept as it sent it; the approval the agent
-    accepts is a statement signed with the server's approval key (signing.py).
+    accepts is a statement signed with the server's approval key (signing.py)
+    or, approved with a passkey, the user's WebAuthn assertion over it
+    (passkeys.py), which the agent checks against the passkey it pins.
     """
 
     class State(models.TextChoices):

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from fido2.cose import ES256
@@ -139,16 +139,19 @@ def passkey_register_complete(
         raise BadInput("Only ES256 (P-256) passkeys are accepted.", code="not_es256")
     pem = _spki_pem(credential.public_key)
     credential_id = _b64url(credential.credential_id)
-    if Passkey.objects.filter(credential_id=credential_id).exists():
+    try:
+        # The unique credential id settles two registrations of one passkey.
+        with transaction.atomic():
+            passkey = Passkey.objects.create(
+                user=user,
+                credential_id=credential_id,
+                public_key=pem,
+                rp_id=relying_party(request)[0],
+                name=name,
+                sign_count=auth_data.counter,
+            )
+    except IntegrityError:
         raise Conflict("This passkey is registered already.", code="duplicate")
-    passkey = Passkey.objects.create(
-        user=user,
-        credential_id=credential_id,
-        public_key=pem,
-        rp_id=relying_party(request)[0],
-        name=name,
-        sign_count=auth_data.counter,
-    )
     security_event_record(
         user=user,
         kind=SecurityEvent.Kind.PASSKEY_ADDED,
