@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from consent.models import AuthRequest, Client, CodeUpload, Deployment, RunApproval
+from consent.models import (
+    AuthRequest,
+    Client,
+    CodeUpload,
+    Deployment,
+    Passkey,
+    RunApproval,
+)
 
 
 @admin.register(Client)
@@ -76,3 +83,9 @@ class RunApprovalAdmin(ReadOnly):
     list_display = ("created_at", "user", "agent", "function", "purpose", "state")
     list_filter = ("state", "purpose")
     exclude = ("signature",)
+
+
+@admin.register(Passkey)
+class PasskeyAdmin(ReadOnly):
+    list_display = ("created_at", "user", "name", "rp_id", "last_used_at")
+    search_fields = ("name", "user__username")
