@@ -92,9 +92,10 @@ def manage(tmp_path, *argv, **env_vars) -> subprocess.CompletedProcess:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("HPCSERA_", "SECRET_KEY", "ALLOWED_HOSTS"))
+        if not key.startswith(("HPCSERA_", "SECRET_KEY", "ALLOWED_HOSTS", "OIDC_"))
     }
-    env.update(HPCSERA_VAR_DIR=str(tmp_path), HPCSERA_ENV="production", **env_vars)
+    env.update(HPCSERA_VAR_DIR=str(tmp_path), HPCSERA_ENV="production")
+    env.update(env_vars)
     return subprocess.run(
         [sys.executable, "manage.py", *argv],
         cwd=ROOT,
@@ -175,3 +176,40 @@ def test_make_run_copies_the_example_functions_without_failing(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (var / "functions" / "hello").is_file()
+
+
+OIDC = {
+    "ALLOWED_HOSTS": "hpcsera.example.org",
+    "HPCSERA_ISSUER": "https://hpcsera.example.org",
+    "OIDC_RP_CLIENT_ID": "hpcsera",
+    "OIDC_RP_CLIENT_SECRET": "s" * 32,
+    "OIDC_OP_ISSUER": "https://sso.example.org",
+    "OIDC_OP_AUTHORIZATION_ENDPOINT": "https://sso.example.org/auth",
+    "OIDC_OP_TOKEN_ENDPOINT": "https://sso.example.org/token",
+    "OIDC_OP_USER_ENDPOINT": "https://sso.example.org/user",
+    "OIDC_OP_JWKS_ENDPOINT": "https://sso.example.org/jwks",
+}
+
+
+@FINDING
+def test_behind_a_tls_proxy_the_oidc_redirect_uri_is_the_registered_https_one(
+    tmp_path,
+):
+    """gunicorn binds 127.0.0.1 behind a TLS proxy; the README says to register
+    https://<server>/oidc/callback/, but the login sends http://…, which the
+    provider refuses. (If the fix is an opt-in setting for trusting
+    X-Forwarded-Proto, set it in OIDC above.)"""
+    probe = (
+        "from django.core.management import call_command\n"
+        "call_command('migrate', verbosity=0)\n"
+        "from django.test import Client\n"
+        "from urllib.parse import parse_qs, urlparse\n"
+        "r = Client().get('/oidc/authenticate/', HTTP_HOST='hpcsera.example.org',"
+        " HTTP_X_FORWARDED_PROTO='https')\n"
+        "print(parse_qs(urlparse(r['Location']).query)['redirect_uri'][0])\n"
+    )
+    done = manage(tmp_path, "shell", "-c", probe, HPCSERA_ENV="development", **OIDC)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("https://hpcsera.example.org/oidc/callback/"), (
+        done.stdout
+    )
