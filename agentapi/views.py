@@ -58,6 +58,8 @@ class AgentRegisterView(APIView):
                 ),
                 "claim_wait_seconds": settings.HPCSERA["CLAIM_WAIT_SECONDS"],
                 "lease_seconds": settings.HPCSERA["LEASE_SECONDS"],
+                # So that the agent can say what its configuration cannot do.
+                "roles": sorted(request.auth.role_set),
             },
             status=200,
         )

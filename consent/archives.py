@@ -36,6 +36,10 @@ class Listing:
     files: list[str]
     # Regular files only: a preparation executable must be one of them.
     regular: frozenset[str]
+    # Regular files with an execute bit (a zip entry without Unix modes counts).
+    executable: frozenset[str]
+    # Symbolic and hard links: the function's `run` may be neither.
+    links: frozenset[str]
     unpacked_bytes: int
 
 
@@ -146,12 +150,16 @@ def _list_tar(data: bytes, max_entries: int, max_bytes: int) -> Listing:
     stream = _inflated(data, max_bytes)
     files: list[str] = []
     regular: set[str] = set()
+    executable: set[str] = set()
+    links: set[str] = set()
     total = 0
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         for count, member in enumerate(archive, start=1):
             if count > max_entries:
                 raise UnsafeEntry(f"it has more than {max_entries} entries")
             name = entry_name(member.name)
+            if member.issym() or member.islnk():
+                links.add(name)
             if member.issym():
                 if not _link_inside(name, member.linkname):
                     raise UnsafeEntry(f"the link {name!r} points outside the folder")
@@ -162,6 +170,8 @@ def _list_tar(data: bytes, max_entries: int, max_bytes: int) -> Listing:
                     )
             elif member.isfile():
                 regular.add(name)
+                if member.mode & 0o111:
+                    executable.add(name)
                 total += member.size
             elif not member.isdir():
                 raise UnsafeEntry(f"{name!r} is a device, FIFO or other special file")
@@ -169,7 +179,14 @@ def _list_tar(data: bytes, max_entries: int, max_bytes: int) -> Listing:
                 raise UnsafeEntry(f"it unpacks to more than {max_bytes} bytes")
             if name:
                 files.append(name + ("/" if member.isdir() else ""))
-    return Listing("tar.gz", files, frozenset(regular), total)
+    return Listing(
+        "tar.gz",
+        files,
+        frozenset(regular),
+        frozenset(executable),
+        frozenset(links),
+        total,
+    )
 
 
 def _list_zip(data: bytes, max_entries: int, max_bytes: int) -> Listing:
@@ -177,7 +194,7 @@ def _list_zip(data: bytes, max_entries: int, max_bytes: int) -> Listing:
         entries = archive.infolist()
         if len(entries) > max_entries:
             raise UnsafeEntry(f"it has more than {max_entries} entries")
-        files, regular, total = [], set(), 0
+        files, regular, executable, total = [], set(), set(), 0
         for info in entries:
             name = entry_name(info.filename.rstrip("/") or ".")
             mode = info.external_attr >> 16
@@ -189,9 +206,13 @@ def _list_zip(data: bytes, max_entries: int, max_bytes: int) -> Listing:
                 raise UnsafeEntry(f"{name!r} is a device, FIFO or other special file")
             if not info.is_dir():
                 regular.add(name)
+                if not mode or mode & 0o111:
+                    executable.add(name)
             total += info.file_size
             if total > max_bytes:
                 raise UnsafeEntry(f"it unpacks to more than {max_bytes} bytes")
             if name:
                 files.append(name + ("/" if info.is_dir() else ""))
-    return Listing("zip", files, frozenset(regular), total)
+    return Listing(
+        "zip", files, frozenset(regular), frozenset(executable), frozenset(), total
+    )

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
-from consent.archives import UnsafeEntry, archive_list, entry_name
+from consent.archives import Listing, UnsafeEntry, archive_list, entry_name
 from consent.models import CodeUpload, Deployment
 from hpcsera.errors import BadInput, Conflict, NotFound, TooMany
 from hpcsera.notify import hub
@@ -90,7 +90,12 @@ def code_upload_create(
             max_entries=_limits()["CODE_MAX_ENTRIES"],
             max_bytes=_limits()["CODE_MAX_UNPACKED_BYTES"],
         )
-        prepare = _prepare(prepare, listing.regular)
+        prepare = _prepare(prepare, listing)
+        if "run" in listing.links:
+            raise BadInput(
+                "run must be a regular file at the top of the archive, not a link.",
+                code="invalid_run",
+            )
         fmt, files, file_count = listing.format, listing.files, len(listing.files)
 
     with transaction.atomic():
@@ -169,7 +174,7 @@ def _description(raw: str) -> str:
     return raw.strip()
 
 
-def _prepare(raw: str, regular: frozenset[str]) -> str:
+def _prepare(raw: str, listing: Listing) -> str:
     if not raw:
         raise BadInput(
             "prepare (the path of the preparation executable inside the archive) "
@@ -180,9 +185,15 @@ def _prepare(raw: str, regular: frozenset[str]) -> str:
         path = entry_name(raw)
     except UnsafeEntry:
         path = ""
-    if not path or path not in regular:
+    if not path or path not in listing.regular:
         raise BadInput(
             f"prepare {raw!r} is not a regular file in the archive.",
+            code="invalid_prepare",
+        )
+    if path not in listing.executable:
+        raise BadInput(
+            f"prepare {raw!r} is not executable in the archive; set its execute "
+            "bit (chmod +x) before packing.",
             code="invalid_prepare",
         )
     return path

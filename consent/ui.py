@@ -19,6 +19,7 @@ from consent.models import AuthRequest, Client, CodeUpload, Passkey, RunApproval
 from consent.services import auth_request_decide, client_register, client_revoke
 from hpcsera.errors import ApiError, BadInput
 from jobs.selectors import parse_uuid
+from tokens.models import Token
 from web.recent import login_is_recent, reauthenticate_url
 
 
@@ -95,10 +96,21 @@ def _pending_runs(request: HttpRequest):
             state=RunApproval.State.PENDING,
             expires_at__gt=timezone.now(),
         )
-        .select_related("agent", "call", "deployment__upload")
+        .select_related("agent", "call__job", "deployment__upload")
         .defer("deployment__upload__content")
         .order_by("-created_at")
     )
+
+
+def _described(runs: list[RunApproval]) -> list[RunApproval]:
+    """Arguments as JSON, and the token that submitted each call, for the page."""
+    job_tokens = {r.call.job.token_id for r in runs if r.call_id and r.call.job}
+    names = dict(Token.objects.filter(id__in=job_tokens).values_list("id", "name"))
+    for run in runs:
+        if run.call_id:
+            run.args_json = json.dumps(run.call.args, ensure_ascii=False)
+            run.submitted_by = names.get(run.call.job.token_id, "")
+    return runs
 
 
 def _inbox_context(request: HttpRequest, **extra) -> dict:
@@ -117,7 +129,7 @@ def _inbox_context(request: HttpRequest, **extra) -> dict:
     pending, uploads, runs = (
         _pending(request),
         _pending_uploads(request),
-        _pending_runs(request),
+        _described(list(_pending_runs(request))),
     )
     return {
         "pending": pending,

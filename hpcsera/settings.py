@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -23,14 +24,20 @@ if env.string("HPCSERA_ENV", "development") not in ("production", "development")
     raise ImproperlyConfigured("HPCSERA_ENV must be production or development")
 
 
+# Production settings that are missing or wrong, all named in one error at the
+# end of this file rather than one per start.
+PROBLEMS: list[str] = []
+
+
 def _secret_key() -> str:
     key = env.secret("SECRET_KEY")
     if key:
         if PRODUCTION and len(key) < 32:
-            raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters")
+            PROBLEMS.append("SECRET_KEY must be at least 32 characters")
         return key
     if PRODUCTION:
-        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required")
+        PROBLEMS.append("SECRET_KEY (or SECRET_KEY_FILE) is required")
+        return ""
     # Development only: one random key per checkout, kept so sessions survive
     # restarts of `make run`.
     path = VAR_DIR / "secret_key"
@@ -50,6 +57,11 @@ ALLOWED_HOSTS = [
     ).split(",")
     if h.strip()
 ]
+# Behind a reverse proxy that ends TLS: trust its X-Forwarded-Proto, so that
+# URLs this server builds (the OIDC redirect URI, links) are https. Only when
+# the proxy sets that header itself and nothing else can reach this server.
+if env.boolean("HPCSERA_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -324,13 +336,17 @@ LOGIN_REDIRECT_URL = "/ui/tokens"
 LOGOUT_REDIRECT_URL = "/ui/login"
 
 if PRODUCTION and not HPCSERA["ISSUER"]:
-    raise ImproperlyConfigured("HPCSERA_ISSUER (this server's public URL) is required")
+    PROBLEMS.append("HPCSERA_ISSUER (this server's public URL) is required")
 if PRODUCTION and not HPCSERA["APPROVAL_KEY_FILE"]:
-    raise ImproperlyConfigured(
+    PROBLEMS.append(
         "HPCSERA_APPROVAL_KEY_FILE (Ed25519 key, PEM) is required; make one with "
-        "`openssl genpkey -algorithm ed25519 -out PATH` or, before setting "
-        "HPCSERA_ENV=production, `manage.py approval_key --create PATH`"
+        "`openssl genpkey -algorithm ed25519 -out PATH`"
     )
+if PRODUCTION and not ALLOWED_HOSTS and HPCSERA["ISSUER"]:
+    # The issuer's host is the one name this server is certainly reached by.
+    ALLOWED_HOSTS = [urlsplit(HPCSERA["ISSUER"]).hostname or ""]
+if PROBLEMS:
+    raise ImproperlyConfigured("; ".join(PROBLEMS))
 
 # Mail for notifications (token requests); without a host, none is sent.
 EMAIL_HOST = env.string("EMAIL_HOST", "")

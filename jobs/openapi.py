@@ -69,6 +69,11 @@ class CallDetail(serializers.Serializer):
     state = serializers.CharField()
     terminal = serializers.BooleanField()
     reason = serializers.CharField()
+    waiting_for = serializers.ChoiceField(
+        choices=["approval"],
+        allow_null=True,
+        help_text="approval: the agent waits for its owner's consent to run it",
+    )
     exit_code = serializers.IntegerField(allow_null=True)
     batch_job_id = serializers.CharField(allow_null=True)
     output = serializers.JSONField(
@@ -198,6 +203,9 @@ class Registered(serializers.Serializer):
     functions = serializers.ListField(child=serializers.CharField())
     claim_wait_seconds = serializers.FloatField()
     lease_seconds = serializers.IntegerField()
+    roles = serializers.ListField(
+        child=serializers.CharField(), help_text="the roles of the agent's token"
+    )
 
 
 class Reported(serializers.Serializer):

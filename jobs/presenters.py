@@ -12,6 +12,7 @@ from django.urls import reverse
 from hpcsera.parsers import strict_loads
 from jobs.callbacks import delivery_detail
 from jobs.models import (
+    HELD_STATES,
     TERMINAL_STATES,
     Agent,
     CallEdge,
@@ -66,15 +67,32 @@ def call_deliveries(call_ids: Iterable[Any]) -> dict[Any, Delivery]:
     return {d.call_id: d for d in found}
 
 
+def calls_awaiting_approval(calls: Iterable[FunctionCall]) -> set[Any]:
+    """The held calls whose agent waits for its owner's approval to run them."""
+    from consent.models import RunApproval
+
+    held = [c.id for c in calls if c.state in HELD_STATES]
+    if not held:
+        return set()
+    return set(
+        RunApproval.objects.filter(
+            call_id__in=held, state=RunApproval.State.PENDING
+        ).values_list("call_id", flat=True)
+    )
+
+
 def call_detail(
     call: FunctionCall,
     after: dict[Any, list[str]] | None = None,
     deliveries: dict[Any, Delivery] | None = None,
+    awaiting: set[Any] | None = None,
 ) -> dict[str, Any]:
     if after is None:
         after = after_names([call.id])
     if deliveries is None:
         deliveries = call_deliveries([call.id]) if call.callback_url else {}
+    if awaiting is None:
+        awaiting = calls_awaiting_approval([call])
     output = call_result(call) if call.state == CallState.SUCCEEDED else None
     duration = None
     if call.started_at and call.finished_at:
@@ -97,6 +115,9 @@ def call_detail(
         "state": call.state,
         "terminal": call.state in TERMINAL_STATES,
         "reason": call.reason,
+        # The agent's owner must approve this run first (agent-side consent),
+        # under Requests in the web UI.
+        "waiting_for": "approval" if call.id in awaiting else None,
         "attempt": call.attempt,
         "lease_expires_at": _iso(call.lease_expires_at),
         "exit_code": call.exit_code,
@@ -142,6 +163,7 @@ def job_detail(
     if after is None:
         after = after_names(c.id for c in calls)
     deliveries = call_deliveries(c.id for c in calls if c.callback_url)
+    awaiting = calls_awaiting_approval(calls)
     own = job.deliveries.filter(call=None).first() if job.callback_done else None
     return {
         "id": str(job.id),
@@ -151,7 +173,7 @@ def job_detail(
         "created_at": _iso(job.created_at),
         "callback_url": job.callback_url or None,
         "callback": delivery_detail(own),
-        "calls": [call_detail(c, after, deliveries) for c in calls],
+        "calls": [call_detail(c, after, deliveries, awaiting) for c in calls],
         "url": reverse("job-detail", args=[job.id]),
     }
 

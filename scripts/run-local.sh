@@ -17,7 +17,9 @@ chmod 700 "$VAR"
 
 "$PY" manage.py migrate -v0
 # The example functions are copied once; edit or add your own in var/functions.
+# Folders there (greet) are examples of uploads, not functions to copy.
 for f in examples/functions/*; do
+  [ -f "$f" ] || continue
   [ -e "$VAR/functions/$(basename "$f")" ] || cp -p "$f" "$VAR/functions/"
 done
 

@@ -179,3 +179,33 @@ def test_a_stopping_agent_does_not_report_a_deployment_it_gave_up_waiting_on(
 
     assert server.reports == []
     assert not (tmp_path / "functions" / "greet").exists()
+
+
+def test_an_agent_says_when_its_token_cannot_fetch_code(tmp_path, caplog):
+    server = FakeServer(archive())
+    server.register = lambda site, capabilities, functions: {
+        "agent_id": "agent-1",
+        "lease_seconds": 30,
+        "roles": ["GET_Job", "UPDATE_JobStatus"],
+    }
+    agent = agent_with(tmp_path, server, deploy={"enabled": True})
+
+    agent.register()
+
+    assert "lacks GET_Code" in caplog.text
+
+
+def test_the_login_of_a_deploying_agent_asks_for_get_code(tmp_path):
+    login = {"client_id": "c", "user": "alice"}
+    plain = parse({"server": "http://127.0.0.1:9", "token": "t", "login": login})
+    deploying = parse(
+        {
+            "server": "http://127.0.0.1:9",
+            "token": "t",
+            "login": login,
+            "deploy": {"enabled": True},
+        }
+    )
+
+    assert "GET_Code" not in plain.login.roles.split()
+    assert "GET_Code" in deploying.login.roles.split()

@@ -183,7 +183,7 @@ def test_the_inbox_shows_an_archives_file_names_and_preparation_step(
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name in ("run", "tools/build.sh"):
             info = tarfile.TarInfo(name)
-            info.size = len(SCRIPT)
+            info.size, info.mode = len(SCRIPT), 0o755
             archive.addfile(info, io.BytesIO(SCRIPT))
     answer = uploader.post(
         "/api/v1/code",

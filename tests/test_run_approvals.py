@@ -395,7 +395,7 @@ def test_a_preparation_step_of_the_agents_deployment_can_be_asked_about(
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         info = tarfile.TarInfo("setup.sh")
-        info.size = 3
+        info.size, info.mode = 3, 0o755
         archive.addfile(info, io.BytesIO(b"#!\n"))
     data = buffer.getvalue()
     form = {"function": "hello", "archive": SimpleUploadedFile("a.tgz", data)}
@@ -429,3 +429,20 @@ def test_a_preparation_step_of_the_agents_deployment_can_be_asked_about(
     answer = ask(agent, body)
     assert answer.status_code == 201 and answer.json()["state"] == "pending"
     assert RunApproval.objects.get().deployment_id is not None
+
+
+def test_the_inbox_shows_the_arguments_as_json_and_who_submitted_the_call(
+    alice, agent, alice_web
+):
+    from tests.test_code_consent import api_client
+
+    ci = api_client(alice, name="nightly-ci")
+    call_id = ci.post("/alice/async-function/hello?name=%C3%89ve").json()["call_id"]
+    claim(agent)
+    call = FunctionCall.objects.get(id=call_id)
+    assert ask(agent, asked(call)).status_code == 201
+
+    html = alice_web.get("/ui/requests").content.decode()
+
+    assert "{&quot;name&quot;: &quot;\u00c9ve&quot;}" in html
+    assert "token <strong>nightly-ci</strong>" in html

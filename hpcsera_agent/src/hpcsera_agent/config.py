@@ -200,6 +200,7 @@ def parse(
         raise ConfigError("env_prefix must be a valid environment variable prefix")
     default_runner = _choice(raw, "default_runner", RUNNERS, "local")
 
+    deploy = _deploy(raw.get("deploy", {}))
     return Config(
         server=server,
         token=token,
@@ -216,10 +217,10 @@ def parse(
         functions=_functions(raw.get("functions", {}), default_runner),
         slurm=_slurm(raw.get("slurm", {})),
         pbs=_pbs(raw.get("pbs", {})),
-        deploy=_deploy(raw.get("deploy", {})),
+        deploy=deploy,
         batch_grace_seconds=_float(raw, "batch_grace_seconds", 300.0, 1.0, 86400.0),
         token_file=_path(raw, "token_file", "", base) if "token_file" in raw else None,
-        login=_login(raw.get("login"), base),
+        login=_login(raw.get("login"), base, deploy.enabled),
         consent=_consent(raw.get("consent", {}), base),
     )
 
@@ -293,7 +294,7 @@ def _token(raw: dict[str, Any], base: Path, required: bool = True) -> str:
     return token
 
 
-def _login(raw: Any, base: Path) -> LoginSettings | None:
+def _login(raw: Any, base: Path, deploy: bool = False) -> LoginSettings | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -305,7 +306,12 @@ def _login(raw: Any, base: Path) -> LoginSettings | None:
         client_id=_string(raw, "client_id"),
         key_file=_path(raw, "key_file", "~/.config/hpcsera/agent.key", base),
         user=_string(raw, "user"),
-        roles=_string(raw, "roles", "GET_Job UPDATE_JobStatus"),
+        # An agent that installs uploaded code also needs to download it.
+        roles=_string(
+            raw,
+            "roles",
+            "GET_Job UPDATE_JobStatus" + (" GET_Code" if deploy else ""),
+        ),
         tag=_string(raw, "tag", "default"),
     )
 

@@ -142,6 +142,7 @@ class Agent:
             self._inventory = inventory
             lease = float(answer.get("lease_seconds") or 180)
             self.heartbeat_seconds = max(lease / 3, 1.0)
+            self._warn_about_roles(answer.get("roles"))
         logger.info(
             "%s registered as site %s with %d function(s)",
             self.agent_id,
@@ -149,6 +150,14 @@ class Agent:
             len(inventory),
         )
         return True
+
+    def _warn_about_roles(self, roles: list[str] | None) -> None:
+        if self.config.deploy.enabled and roles is not None and "GET_Code" not in roles:
+            logger.error(
+                "%s deployments are enabled but the token lacks GET_Code: no "
+                "uploaded code will be offered to this agent",
+                self.agent_id,
+            )
 
     # -- one step each -------------------------------------------------------
 

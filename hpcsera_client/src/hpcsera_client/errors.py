@@ -60,6 +60,19 @@ class AuthenticationFailed(ApiError):
 class PermissionDenied(ApiError):
     """403: the token lacks a role; `required_roles` says which."""
 
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(status, body, headers)
+        missing = self.body.get("missing_roles") or self.required_roles
+        if missing:
+            # The one thing a user needs to know: which role to add.
+            self.detail = f"{self.detail} Missing: {', '.join(map(str, missing))}."
+            self.args = (f"{status} {self.code}: {self.detail}",)
+
     @property
     def required_roles(self) -> list[str]:
         return list(self.body.get("required_roles") or [])

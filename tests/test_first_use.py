@@ -1,7 +1,7 @@
-"""Findings of a first-time user's walk through the documentation: each test
-states what a user was led to expect and does not get yet (see the report of
-the `newuser` branch). Each is a strict xfail: it fails today, and the suite
-tells when a fix makes it pass (then drop the marker)."""
+"""What a first-time user is led to expect by the documentation: uploads no
+agent could install refused at once, a call waiting for consent saying so,
+production settings named all at once, `make run`'s first step, and the OIDC
+redirect behind a TLS proxy."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from tests.test_run_approvals import (  # noqa: F401  (fixtures)
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-FINDING = pytest.mark.xfail(strict=True, reason="newuser finding, not fixed yet")
 
 
 @pytest.fixture
@@ -36,7 +35,6 @@ def alice_client(alice, make_token, client_for):
 # -- persona 1: uploads that no agent will ever install are accepted ----------------
 
 
-@FINDING
 @pytest.mark.django_db
 def test_an_archive_whose_prepare_is_not_executable_is_refused_at_upload(
     alice_client,
@@ -51,7 +49,6 @@ def test_an_archive_whose_prepare_is_not_executable_is_refused_at_upload(
     refused(upload(alice_client, archive=archive, prepare="prep.sh"), "invalid_prepare")
 
 
-@FINDING
 @pytest.mark.django_db
 def test_an_archive_whose_run_is_a_link_is_refused_at_upload(alice_client):
     """`hpcsera code upload --archive DIR` packs a `run -> real` link inside the
@@ -70,7 +67,6 @@ def test_an_archive_whose_run_is_a_link_is_refused_at_upload(alice_client):
 # -- persona 2: a call waiting for the owner's consent looks merely "leased" ---------
 
 
-@FINDING
 @pytest.mark.django_db
 def test_a_call_waiting_for_approval_says_so_in_its_status(
     agent,  # noqa: F811
@@ -106,7 +102,6 @@ def manage(tmp_path, *argv, **env_vars) -> subprocess.CompletedProcess:
     )
 
 
-@FINDING
 def test_production_without_settings_names_all_missing_ones_without_a_traceback(
     tmp_path,
 ):
@@ -117,7 +112,6 @@ def test_production_without_settings_names_all_missing_ones_without_a_traceback(
         assert name in done.stderr, done.stderr[-2000:]
 
 
-@FINDING
 def test_production_serves_the_issuer_host_or_refuses_an_empty_allowed_hosts(
     tmp_path,
 ):
@@ -156,7 +150,6 @@ def test_production_serves_the_issuer_host_or_refuses_an_empty_allowed_hosts(
 # -- `make run` ----------------------------------------------------------------------
 
 
-@FINDING
 def test_make_run_copies_the_example_functions_without_failing(tmp_path):
     """scripts/run-local.sh copies examples/functions/* with `cp -p`, which
     stops the script (set -e) at the folder examples/functions/greet."""
@@ -179,6 +172,7 @@ def test_make_run_copies_the_example_functions_without_failing(tmp_path):
 
 
 OIDC = {
+    "HPCSERA_BEHIND_TLS_PROXY": "1",
     "ALLOWED_HOSTS": "hpcsera.example.org",
     "HPCSERA_ISSUER": "https://hpcsera.example.org",
     "OIDC_RP_CLIENT_ID": "hpcsera",
@@ -191,7 +185,6 @@ OIDC = {
 }
 
 
-@FINDING
 def test_behind_a_tls_proxy_the_oidc_redirect_uri_is_the_registered_https_one(
     tmp_path,
 ):

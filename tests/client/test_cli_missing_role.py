@@ -1,18 +1,13 @@
-"""A first-time user's findings in the CLI (see the `newuser` branch's report)."""
+"""A refused request names the role the token lacks."""
 
 from __future__ import annotations
-
-import pytest
 
 from hpcsera_client import cli
 from tests.client.scripted import Answer
 from tests.client.test_cli_unit import env, one_line_error  # noqa: F401
 
 
-@pytest.mark.xfail(strict=True, reason="newuser finding, not fixed yet")
 def test_a_missing_role_names_the_role_to_add(env, capsys):  # noqa: F811
-    """The server answers `required_roles`; the CLI drops them, so the user
-    reads "The token lacks the role(s) this operation needs." and must guess."""
     env.then(
         Answer(
             403,
