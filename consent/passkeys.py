@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -170,14 +171,14 @@ def _spki_pem(cose: ES256) -> str:
     numbers = ec.EllipticCurvePublicNumbers(
         int.from_bytes(cose[-2], "big"), int.from_bytes(cose[-3], "big"), ec.SECP256R1()
     )
-    return (
-        numbers.public_key()
-        .public_bytes(
-            serialization.Encoding.PEM,
-            serialization.PublicFormat.SubjectPublicKeyInfo,
-        )
-        .decode("ascii")
-    )
+    try:
+        key = numbers.public_key()
+    except ValueError:
+        raise BadInput("The passkey's key is not a P-256 point.", code="not_es256")
+    return key.public_bytes(
+        serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    ).decode("ascii")
 
 
 def passkey_remove(*, passkey: Passkey, request: HttpRequest) -> None:
@@ -237,9 +238,18 @@ def _pending_for(approval: RunApproval, user, now) -> None:
 
 
 def run_approval_passkey_decide(
-    *, approval: RunApproval, user, assertion: dict[str, Any], request: HttpRequest
+    *,
+    approval: RunApproval,
+    user,
+    assertion: dict[str, Any],
+    request: HttpRequest,
+    recent_login: bool = False,
 ) -> RunApproval:
-    """Approve with the passkey's assertion over the prepared statement."""
+    """Approve with the passkey's assertion over the prepared statement.
+
+    The server's own signature is added only with a recent login: agents that
+    pin the server key expect that rule, and a passkey registered from a
+    stolen session must not stretch it."""
     now = timezone.now()
     _pending_for(approval, user, now)
     statement, challenge = approval.prepared, approval.prepared_challenge
@@ -256,7 +266,7 @@ def run_approval_passkey_decide(
         raise BadInput("That passkey is not one of yours.", code="unknown_passkey")
     counter = _assertion_verify(request, passkey, parts, challenge)
 
-    signed = signing.statement_sign(statement)
+    signature = signing.statement_sign(statement)["signature"] if recent_login else ""
     with transaction.atomic():
         # Single use: only this prepared statement of a pending request.
         changed = RunApproval.objects.filter(
@@ -271,16 +281,20 @@ def run_approval_passkey_decide(
             statement=statement,
             # Besides the passkey: agents that pin the server's key accept it
             # too; agents that pin the passkey ignore this signature.
-            signature=signed["signature"],
+            signature=signature,
             passkey={name: parts[name] for name in ASSERTION_PARTS},
             prepared=None,
             prepared_challenge="",
         )
         if not changed:
             raise Conflict("This request was decided meanwhile.", code="decided")
-        Passkey.objects.filter(pk=passkey.pk).update(
-            sign_count=counter, last_used_at=now
-        )
+        # Conditional on the count read: two approvals at once cannot both
+        # move it, so a clone racing the original is noticed.
+        moved = Passkey.objects.filter(
+            pk=passkey.pk, sign_count=passkey.sign_count
+        ).update(sign_count=counter, last_used_at=now)
+        if not moved:
+            raise Conflict("The passkey was used meanwhile; try again.", code="counter")
     security_event_record(
         user=user,
         kind=SecurityEvent.Kind.RUN_APPROVED,
@@ -302,6 +316,21 @@ def _too_old(approved_at: str, now) -> bool:
         return True
     moment = moment.replace(tzinfo=dt_timezone.utc)
     return now - moment > timedelta(seconds=PREPARED_SECONDS)
+
+
+def _refuse_framed(client_data_json: str) -> None:
+    """The UI is never framed (X-Frame-Options: DENY): a ceremony inside
+    another site's frame is refused here as by the agent."""
+    try:
+        client_data = json.loads(_b64url_decode(client_data_json, "client_data_json"))
+    except ValueError:
+        raise BadInput("clientDataJSON is not JSON.", code="bad_assertion")
+    if not isinstance(client_data, dict):
+        raise BadInput("clientDataJSON is not an object.", code="bad_assertion")
+    if client_data.get("crossOrigin") is True or "topOrigin" in client_data:
+        raise BadInput(
+            "The passkey was used inside a cross-origin frame.", code="bad_assertion"
+        )
 
 
 def _assertion_verify(
@@ -329,6 +358,7 @@ def _assertion_verify(
         "challenge": challenge,
         "user_verification": UserVerificationRequirement.REQUIRED,
     }
+    _refuse_framed(parts["client_data_json"])
     server = _server(request)
     try:
         server.authenticate_complete(state, [credential], response)
@@ -338,7 +368,8 @@ def _assertion_verify(
         raise BadInput(f"The passkey's answer was refused: {exc}", code="bad_assertion")
     # A counter that does not grow hints at a cloned authenticator; many
     # passkeys always report 0, which is allowed.
-    if counter and counter <= passkey.sign_count:
+    # WebAuthn: once either counter is non-zero, the new one must be larger.
+    if (counter or passkey.sign_count) and counter <= passkey.sign_count:
         raise BadInput("The passkey's counter went back.", code="counter")
     return counter
 

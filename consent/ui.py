@@ -360,8 +360,9 @@ def run_passkey_prepare(request: HttpRequest, approval_id: str) -> JsonResponse:
 @login_required
 @require_POST
 def run_passkey_decide(request: HttpRequest, approval_id: str) -> JsonResponse:
-    # No recent-login check here: the assertion itself carries a fresh user
-    # verification (UV) by the authenticator, which is more than a login is.
+    # No recent login needed for the passkey's own approval: the assertion
+    # carries a fresh user verification by the authenticator. The server's
+    # signature beside it still needs one (see run_approval_passkey_decide).
     approval = _own_approval(request, approval_id)
     try:
         approval = passkey_services.run_approval_passkey_decide(
@@ -369,6 +370,7 @@ def run_passkey_decide(request: HttpRequest, approval_id: str) -> JsonResponse:
             user=request.user,
             assertion=_json_body(request),
             request=request,
+            recent_login=login_is_recent(request),
         )
     except ApiError as exc:
         return _json_error(exc)

@@ -43,6 +43,11 @@ CHECKED_FIELDS = (
     "arguments_sha256",
     "nonce",
 )
+# Everything a statement holds, as the server makes it (consent/signing.py
+# keeps its own copy: the packages are independent).
+STATEMENT_FIELDS = frozenset(
+    CHECKED_FIELDS + ("v", "decision", "approved_by", "approved_at", "expires_at")
+)
 SIGNATURE = re.compile(r"[A-Za-z0-9_-]{86}")  # 64 bytes, base64url without padding
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -144,8 +149,13 @@ def _approves(
     statement: dict[str, Any], expected: dict[str, Any], now: float | None
 ) -> dict[str, Any]:
     version = statement.get("v")
-    if version != 1 or isinstance(version, bool):
+    if type(version) is not int or version != 1:
         raise NotApproved(f"statement version {version!r} is not supported")
+    # Exactly the fields the server makes: a field this agent does not know
+    # could carry a meaning it never checked.
+    if set(statement) != STATEMENT_FIELDS:
+        odd = sorted(set(statement) ^ STATEMENT_FIELDS)
+        raise NotApproved(f"the statement's fields are not the expected ones: {odd}")
     if statement.get("decision") != "approved":
         raise NotApproved(f"the statement's decision is {statement.get('decision')!r}")
     for name in CHECKED_FIELDS:
@@ -252,6 +262,10 @@ def _check_client_data(
         raise NotApproved("the statement is not plain JSON data")
     if client_data.get("challenge") != _b64encode(challenge):
         raise NotApproved("the passkey signed another statement (challenge differs)")
+    # The web UI is never framed: a ceremony inside another site's frame is
+    # no approval of the user's.
+    if client_data.get("crossOrigin") is True or "topOrigin" in client_data:
+        raise NotApproved("the passkey was used inside a cross-origin frame")
     if client_data.get("origin") != pin.origin:
         raise NotApproved(
             f"the passkey was used on origin {client_data.get('origin')!r}, "

@@ -1,5 +1,6 @@
-"""Security review of the passkey consent mode: each test states the expected
-behaviour and fails on the branch as reviewed (findings, not fixes)."""
+"""Abuse of the passkey consent mode: a stale session stretching the server's
+signature, keys off the curve, counters falling back, statements of another
+shape, and ceremonies inside a foreign frame."""
 
 # ruff: noqa: F811 - fixtures are imported by name
 
