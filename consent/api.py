@@ -12,7 +12,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from consent.code import code_upload_create, upload_get, uploads_visible
+from consent.code import (
+    code_upload_create,
+    code_upload_withdraw,
+    upload_get,
+    uploads_visible,
+)
 from consent.models import CodeUpload
 from hpcsera.errors import BadInput
 from jobs import openapi
@@ -184,7 +189,15 @@ class CodeListView(APIView):
 
 
 class CodeDetailView(APIView):
-    required_roles = {"GET": {roles.POST_CODE}}
+    required_roles = {"GET": {roles.POST_CODE}, "DELETE": {roles.POST_CODE}}
+
+    @extend_schema(responses={200: UploadDetail, **openapi.errors(404, 409)})
+    def delete(self, request: Request, upload_id: str) -> Response:
+        """Withdraw a pending upload: its bytes are deleted, it can no longer
+        be approved. Repeating it is harmless."""
+        upload = upload_get(token=request.auth, upload_id=upload_id)
+        upload = code_upload_withdraw(upload=upload, request=request)
+        return Response(_detail(request, upload))
 
     @extend_schema(responses={200: UploadDetail, **openapi.errors(404)})
     def get(self, request: Request, upload_id: str) -> Response:

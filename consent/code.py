@@ -304,6 +304,30 @@ def _supersede_older(upload: CodeUpload, now) -> None:
     )
 
 
+def code_upload_withdraw(*, upload: CodeUpload, request=None) -> CodeUpload:
+    """The sender takes a pending upload back (it sent the wrong bytes, or
+    they arrived changed): nothing is left to approve, its bytes are gone."""
+    changed = CodeUpload.objects.filter(
+        pk=upload.pk, state=CodeUpload.State.PENDING
+    ).update(
+        state=CodeUpload.State.WITHDRAWN,
+        content=b"",
+        decided_at=timezone.now(),
+        reason="withdrawn by its sender; the code was deleted",
+    )
+    upload.refresh_from_db()
+    if not changed and upload.state != CodeUpload.State.WITHDRAWN:
+        raise Conflict(
+            f"This upload is already {upload.state}; only a pending one can be "
+            "withdrawn.",
+            code="decided",
+        )
+    if changed:
+        logger.info("%s code withdrawn by its sender", upload.id)
+        _publish(upload_channel(upload.id))
+    return upload
+
+
 def uploads_expire_due() -> int:
     """Pending uploads past their time: deleted bytes, state expired."""
     now = timezone.now()

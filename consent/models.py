@@ -96,6 +96,8 @@ class CodeUpload(models.Model):
         EXPIRED = "expired"
         # A newer upload of the same function (and site) was approved.
         SUPERSEDED = "superseded"
+        # Its sender took it back before the owner decided.
+        WITHDRAWN = "withdrawn"
 
     class Format(models.TextChoices):
         TAR_GZ = "tar.gz"

@@ -515,3 +515,32 @@ def test_a_token_without_post_code_can_neither_upload_nor_read(
         assert answer.status_code == 403
         assert answer.json()["code"] == "missing_role"
     assert CodeUpload.objects.count() == 1
+
+
+def test_the_sender_can_withdraw_a_pending_upload_and_its_bytes_go(alice_client):
+    upload_id = upload(alice_client, script=SCRIPT).json()["id"]
+
+    answer = alice_client.delete(f"/api/v1/code/{upload_id}")
+    again = alice_client.delete(f"/api/v1/code/{upload_id}")
+
+    assert answer.status_code == 200 and answer.json()["state"] == "withdrawn"
+    assert again.status_code == 200
+    stored = CodeUpload.objects.get(id=upload_id)
+    assert bytes(stored.content) == b"" and "withdrawn" in stored.reason
+
+
+def test_an_approved_upload_cannot_be_withdrawn(alice, alice_client):
+    from consent.code import code_upload_decide
+
+    upload_id = upload(alice_client, script=SCRIPT).json()["id"]
+    code_upload_decide(
+        upload=CodeUpload.objects.get(id=upload_id),
+        user=alice,
+        approve=True,
+        sha256=hashlib.sha256(SCRIPT).hexdigest(),
+    )
+
+    answer = alice_client.delete(f"/api/v1/code/{upload_id}")
+
+    assert answer.status_code == 409 and answer.json()["code"] == "decided"
+    assert CodeUpload.objects.get(id=upload_id).state == "approved"

@@ -105,12 +105,20 @@ def test_wrong_combinations_are_refused_before_any_request(client, scripted, kwa
     assert scripted.seen == []
 
 
-def test_an_answer_naming_other_bytes_is_an_error(client, scripted):
-    scripted.then(Answer(202, upload(sha256="0" * 64)))
+def test_an_answer_naming_other_bytes_is_an_error_and_the_upload_withdrawn(
+    client, scripted
+):
+    scripted.then(
+        Answer(202, upload(sha256="0" * 64)),
+        Answer(200, upload("withdrawn", sha256="0" * 64)),
+    )
     with pytest.raises(DigestMismatch) as caught:
         client.code_upload("simulate", script=SCRIPT)
     assert (caught.value.sent, caught.value.received) == (DIGEST, "0" * 64)
     assert "do not approve" in str(caught.value)
+    assert caught.value.withdrawn and "withdrawn" in str(caught.value)
+    withdraw = scripted.seen[1]
+    assert (withdraw.method, withdraw.path) == ("DELETE", f"/api/v1/code/{UPLOAD_ID}")
 
 
 def test_an_upload_is_not_resent_when_the_server_fails(client, scripted, sleeps):

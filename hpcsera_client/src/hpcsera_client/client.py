@@ -388,6 +388,10 @@ class Client:
         """GET /api/v1/code/<id>: state, reason and deployments of an upload."""
         return self.transport.request("GET", f"/api/v1/code/{upload_id}").json()
 
+    def code_withdraw(self, upload_id: str) -> dict:
+        """DELETE /api/v1/code/<id>: take a pending upload back; its bytes go."""
+        return self.transport.request("DELETE", f"/api/v1/code/{upload_id}").json()
+
     def get_upload(self, upload_id: str) -> Upload:
         """A handle on an existing upload; its digest is the server's."""
         answer = self.code_status(upload_id)

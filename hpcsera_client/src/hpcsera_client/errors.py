@@ -187,13 +187,17 @@ class DigestMismatch(HpcseraError):
     """The server names another SHA-256 than the bytes this client sent:
     something on the way changed them. Do not approve that upload."""
 
-    def __init__(self, upload_id: str, sent: str, received: str):
+    def __init__(
+        self, upload_id: str, sent: str, received: str, withdrawn: bool = False
+    ):
         self.upload_id = upload_id
         self.sent = sent
         self.received = received
+        self.withdrawn = withdrawn
+        fate = "it was withdrawn" if withdrawn else "it expires unapproved"
         super().__init__(
             f"upload {upload_id}: the server holds SHA-256 {received}, but "
-            f"{sent} was sent; do not approve it (it expires unapproved)"
+            f"{sent} was sent; do not approve it ({fate})"
         )
 
 

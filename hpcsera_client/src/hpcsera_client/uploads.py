@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Union
 from hpcsera_client.errors import (
     DeploymentFailed,
     DigestMismatch,
+    HpcseraError,
     UploadRejected,
     UploadTimeout,
     parse_retry_after,
@@ -186,13 +187,19 @@ class Upload:
             interval = min(POLL_MAX, interval * 1.5)
 
     def _check_digest(self, answer: dict) -> None:
-        # TODO: withdraw the upload on a mismatch; the API has no way to (only
-        # the owner can deny it), so it stays pending until it expires, and
-        # the error tells the user not to approve it.
         # Denied and expired uploads keep their digest; only the bytes go.
         received = str(answer.get("sha256") or "")
-        if received != self.sha256:
-            raise DigestMismatch(self.id, self.sha256, received)
+        if received == self.sha256:
+            return
+        # Bytes nobody sent must not wait for an approval: take them back.
+        withdrawn = False
+        if answer.get("state") == "pending":
+            try:
+                self.client.code_withdraw(self.id)
+                withdrawn = True
+            except HpcseraError:
+                pass
+        raise DigestMismatch(self.id, self.sha256, received, withdrawn=withdrawn)
 
 
 def _deployment_states(answer: dict) -> tuple:
