@@ -179,6 +179,21 @@ def _stale_login(request: HttpRequest) -> HttpResponse | None:
     )
 
 
+def _decide(request: HttpRequest, found, act) -> HttpResponse:
+    """The owner's decision on `found` (None: not theirs, 404): approving
+    needs a recent login, denying never does."""
+    if found is None:
+        raise Http404
+    approve = request.POST.get("decision") == "approve"
+    if approve and (refused := _stale_login(request)):
+        return refused
+    try:
+        act(approve)
+    except ApiError as exc:
+        return _refuse(request, exc.detail, exc.status)
+    return redirect("ui-inbox")
+
+
 @login_required
 @require_POST
 def decide_upload(request: HttpRequest, upload_id: str) -> HttpResponse:
@@ -187,22 +202,17 @@ def decide_upload(request: HttpRequest, upload_id: str) -> HttpResponse:
         .defer("content")
         .first()
     )
-    if upload is None:
-        raise Http404
-    approve = request.POST.get("decision") == "approve"
-    if approve and (refused := _stale_login(request)):
-        return refused
-    try:
-        code_upload_decide(
+    return _decide(
+        request,
+        upload,
+        lambda approve: code_upload_decide(
             upload=upload,
             user=request.user,
             approve=approve,
             sha256=request.POST.get("sha256", ""),
             request=request,
-        )
-    except ApiError as exc:
-        return _refuse(request, exc.detail, exc.status)
-    return redirect("ui-inbox")
+        ),
+    )
 
 
 @login_required
@@ -213,18 +223,13 @@ def decide_run(request: HttpRequest, approval_id: str) -> HttpResponse:
         .select_related("agent")
         .first()
     )
-    if approval is None:
-        raise Http404
-    approve = request.POST.get("decision") == "approve"
-    if approve and (refused := _stale_login(request)):
-        return refused
-    try:
-        run_approval_decide(
+    return _decide(
+        request,
+        approval,
+        lambda approve: run_approval_decide(
             approval=approval, user=request.user, approve=approve, request=request
-        )
-    except ApiError as exc:
-        return _refuse(request, exc.detail, exc.status)
-    return redirect("ui-inbox")
+        ),
+    )
 
 
 @login_required
