@@ -89,6 +89,8 @@ def manage(tmp_path, *argv, **env_vars) -> subprocess.CompletedProcess:
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("HPCSERA_", "SECRET_KEY", "ALLOWED_HOSTS", "OIDC_"))
+        # Its own SQLite under tmp_path: never the suite's database.
+        and key not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
     }
     env.update(HPCSERA_VAR_DIR=str(tmp_path), HPCSERA_ENV="production")
     env.update(env_vars)
