@@ -440,3 +440,55 @@ def test_the_tracker_wait_ends_when_the_agent_is_told_to_stop(tmp_path):
     agent.stop.set()
     tracker.join(timeout=30)
     assert not tracker.is_alive()
+
+
+def test_a_resumed_submission_runs_only_the_file_that_was_approved(
+    tmp_path, fake_batch
+):
+    import hashlib
+
+    function(tmp_path, "batch", "#!/bin/sh\necho approved\n")
+    executable = tmp_path / "functions" / "batch"
+    approved_sha256 = hashlib.sha256(executable.read_bytes()).hexdigest()
+    fake_batch.write({"jobs": {}})
+    journal_as_if_killed(
+        tmp_path,
+        "submitting",
+        call("batch"),
+        approved_executable=str(executable),
+        approved_sha256=approved_sha256,
+    )
+    # Between the approval and the restart, the file was rewritten.
+    executable.write_text("#!/bin/sh\necho never approved\n")
+    client = FakeClient()
+
+    agent = make_agent(tmp_path, client)
+    agent.recover()
+    settle(agent)
+
+    assert fake_batch.submissions() == 0
+    assert client.final(CALL)["state"] == "failed"
+    assert "approved executable changed" in client.final(CALL)["reason"]
+
+
+def test_a_resumed_submission_of_an_unchanged_approved_file_goes_ahead(
+    tmp_path, fake_batch
+):
+    import hashlib
+
+    function(tmp_path, "batch", "#!/bin/sh\necho approved\n")
+    executable = tmp_path / "functions" / "batch"
+    fake_batch.write({"jobs": {}})
+    journal_as_if_killed(
+        tmp_path,
+        "submitting",
+        call("batch"),
+        approved_executable=str(executable),
+        approved_sha256=hashlib.sha256(executable.read_bytes()).hexdigest(),
+    )
+
+    agent = make_agent(tmp_path, FakeClient())
+    agent.recover()
+    settle(agent)
+
+    assert fake_batch.submissions() == 1

@@ -386,9 +386,6 @@ class Agent:
             return True
         # The resolved file is what gets hashed and run: a deployment swapping
         # the function's symlink meanwhile cannot slip in unapproved bytes.
-        # TODO: a call resumed in `submitting` after a restart is prepared again
-        # from the symlink without asking; it was approved before its record
-        # reached that phase, but a newer version could be submitted instead.
         executable = prepared.executable.resolve()
         prepared.argv[0] = str(executable)
         try:
@@ -411,7 +408,33 @@ class Agent:
             logger.error("%s not approved: %s", call_id, exc.reason)
             self._finish(call_id, _failed(f"not approved: {exc.reason}"))
             return False
+        # A submission resumed after a restart prepares the call again; it
+        # must submit this very file, unchanged (see _resubmittable).
+        self.journal.record(
+            call_id,
+            "claimed",
+            approved_executable=str(executable),
+            approved_sha256=approval.file_sha256(executable),
+        )
         return True
+
+    def _resubmittable(
+        self, entry: dict[str, Any], prepared: runners.Prepared
+    ) -> runners.Prepared:
+        """The call prepared again after a restart, running what was approved."""
+        approved = entry.get("approved_executable")
+        if approved is None:
+            return prepared
+        try:
+            now = approval.file_sha256(Path(approved))
+        except OSError as exc:
+            raise approval.NotApproved(f"the approved executable is gone: {exc}")
+        if now != entry.get("approved_sha256"):
+            raise approval.NotApproved(
+                "the approved executable changed before the call was submitted"
+            )
+        prepared.argv[0] = approved
+        return prepared
 
     def _run_process(
         self, call_id: str, prepared: runners.Prepared, runner: str
@@ -560,6 +583,10 @@ class Agent:
             try:
                 job_id = self._submit_once(entry, backend, prepared, resume)
                 break
+            except approval.NotApproved as exc:
+                logger.error("%s not submitted: %s", call_id, exc.reason)
+                self._finish(call_id, _failed(f"not approved: {exc.reason}"))
+                return
             except (runners.RunError, TimeoutError) as exc:
                 if not resume:
                     logger.error("%s not submitted: %s", call_id, exc)
@@ -590,7 +617,9 @@ class Agent:
                     logger.warning("%s attached to batch job %s", call_id, found)
                     return found
             if prepared is None:
-                prepared = runners.prepare(self.config, entry["call"])
+                prepared = self._resubmittable(
+                    entry, runners.prepare(self.config, entry["call"])
+                )
             options = {}
             if entry["call"].get("after"):
                 options["after"] = self._dependencies(entry["call"]["after"])
