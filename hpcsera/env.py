@@ -6,6 +6,7 @@ back, and `secret()` also accepts `NAME_FILE` so secrets can live in files.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -66,3 +67,17 @@ def secret(name: str) -> str:
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE cannot be read: {exc.strerror}")
     return value
+
+
+def networks(name: str) -> tuple:
+    """Comma-separated addresses or networks (CIDR), e.g. of trusted proxies."""
+    found = []
+    for part in os.environ.get(name, "").split(","):
+        if part.strip():
+            try:
+                found.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"{name}: {part.strip()!r} is not an address or network"
+                )
+    return tuple(found)

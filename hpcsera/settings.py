@@ -245,6 +245,9 @@ HPCSERA = {
     # How long an agent's request to run something waits for its owner, and
     # how long a signed approval stays valid.
     "APPROVAL_SECONDS": env.integer("HPCSERA_APPROVAL_SECONDS", 600, minimum=10),
+    # Reverse proxies whose X-Forwarded-For is believed for source addresses
+    # (audit log, consent page); nobody's by default.
+    "TRUSTED_PROXIES": env.networks("HPCSERA_TRUSTED_PROXIES"),
     # Callbacks (jobs.callbacks): attempts in all, the back-off before the
     # second attempt (doubled for each further one, with jitter, up to the
     # cap), and the time one attempt may take.
