@@ -222,7 +222,7 @@ def _write_script(archive: Path, target: Path, max_bytes: int) -> None:
     if archive.stat().st_size > max_bytes:
         raise _Failed(f"the script is larger than {max_bytes} bytes")
     shutil.copyfile(archive, target)
-    os.chmod(target, 0o755)  # noqa: S103 - as the spec says; only the owner writes
+    os.chmod(target, 0o755)  # noqa: S103 - like any installed program: owner writes
 
 
 def _preparation(staging: Path, prepare: str) -> Path:
