@@ -58,7 +58,8 @@ def faas_submit(
     if not function_is_offered(token=token, name=function, site=site):
         where = f" on site {site!r}" if site else ""
         raise NotFound(
-            f"No agent of yours offers the function {function!r}{where}.",
+            f"No agent of yours offers the function {function!r}{where}."
+            + _upload_hint(token, function),
             code="unknown_function",
         )
     with transaction.atomic():
@@ -118,6 +119,31 @@ def agent_register(
         )
     logger.info("%s registered with %d functions", agent.id, len(functions))
     return agent
+
+
+def _upload_hint(token: Token, function: str) -> str:
+    """Why an uploaded function may not be callable yet (same user and tag)."""
+    from consent.models import CodeUpload
+
+    upload = (
+        CodeUpload.objects.filter(
+            user_id=token.user_id,
+            tag=token.tag,
+            function=function,
+            state__in=(CodeUpload.State.PENDING, CodeUpload.State.APPROVED),
+        )
+        .only("id", "state")
+        .order_by("-created_at")
+        .first()
+    )
+    if upload is None:
+        return ""
+    if upload.state == CodeUpload.State.PENDING:
+        return f" An upload of it ({upload.id}) waits for your approval."
+    return (
+        f" An approved upload of it ({upload.id}) is not deployed yet; its "
+        "deployments show at /api/v1/code/" + str(upload.id) + "."
+    )
 
 
 def calls_claim(

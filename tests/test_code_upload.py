@@ -544,3 +544,28 @@ def test_an_approved_upload_cannot_be_withdrawn(alice, alice_client):
 
     assert answer.status_code == 409 and answer.json()["code"] == "decided"
     assert CodeUpload.objects.get(id=upload_id).state == "approved"
+
+
+def test_calling_a_function_whose_upload_waits_says_so(alice_client):
+    upload_id = upload(alice_client, script=SCRIPT, function="fresh").json()["id"]
+
+    answer = alice_client.post("/alice/function/fresh")
+
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "unknown_function"
+    assert (
+        f"An upload of it ({upload_id}) waits for your approval"
+        in (answer.json()["detail"])
+    )
+
+
+def test_a_foreign_tag_gets_no_hint_about_uploads(alice, alice_client, make_token):
+    from rest_framework.test import APIClient
+
+    upload(alice_client, script=SCRIPT, function="fresh")
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(alice, tag='proj-b')}")
+
+    answer = other.post("/alice/function/fresh")
+
+    assert answer.status_code == 404 and "upload" not in answer.json()["detail"]
