@@ -118,14 +118,18 @@ def _detail(request: Request, upload: CodeUpload, deployments=None) -> dict:
     }
 
 
-def _read_file(field) -> bytes:
+def _too_large() -> BadInput:
     limit = settings.HPCSERA["CODE_MAX_BYTES"]
-    if field.size > limit:
-        raise BadInput(
-            f"The upload is larger than the limit of {limit} bytes.",
-            code="upload_too_large",
-            max_bytes=limit,
-        )
+    return BadInput(
+        f"The upload is larger than the limit of {limit} bytes.",
+        code="upload_too_large",
+        max_bytes=limit,
+    )
+
+
+def _read_file(field) -> bytes:
+    if field.size > settings.HPCSERA["CODE_MAX_BYTES"]:
+        raise _too_large()
     return field.read()
 
 
@@ -173,14 +177,10 @@ class CodeListView(APIView):
 
     def _check_length(self, request: Request) -> None:
         declared = request.META.get("CONTENT_LENGTH") or ""
+        # Room for the form's other fields and the multipart framing.
         limit = settings.HPCSERA["CODE_MAX_BYTES"] + 64 * 1024
         if declared.isdigit() and int(declared) > limit:
-            raise BadInput(
-                "The upload is larger than the limit of "
-                f"{settings.HPCSERA['CODE_MAX_BYTES']} bytes.",
-                code="upload_too_large",
-                max_bytes=settings.HPCSERA["CODE_MAX_BYTES"],
-            )
+            raise _too_large()
         if not declared and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", ""):
             raise BadInput(
                 "Uploads need a Content-Length; chunked uploads are not accepted.",

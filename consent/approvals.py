@@ -15,14 +15,15 @@ from datetime import timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from consent import signing
 from consent.models import Deployment, RunApproval
+from consent.services import inbox_channel
 from hpcsera.errors import BadInput, Conflict, NotFound
-from hpcsera.notify import hub
+from hpcsera.notify import publish_on_commit
 from jobs.models import HELD_STATES, Agent, FunctionCall
+from jobs.selectors import parse_uuid
 from tokens.audit import security_event_record
 from tokens.models import SecurityEvent
 
@@ -76,16 +77,12 @@ def run_approval_request(
         expires_at=timezone.now() + timedelta(seconds=seconds),
     )
     logger.info("%s approval asked by %s for %s", approval.id, agent.site, function)
-    from consent.services import inbox_channel
-
-    _publish(inbox_channel(agent.user_id))
+    publish_on_commit(inbox_channel(agent.user_id))
     return approval
 
 
 def _subject(agent: Agent, purpose: str, subject_id, function: str):
     """The call or deployment asked about, held by this agent; its args' hash."""
-    from jobs.selectors import parse_uuid
-
     if purpose == RunApproval.Purpose.CALL:
         call = FunctionCall.objects.filter(
             id=parse_uuid(subject_id), agent=agent, state__in=HELD_STATES
@@ -109,8 +106,6 @@ def _subject(agent: Agent, purpose: str, subject_id, function: str):
 
 
 def run_approval_get(*, agent: Agent, approval_id) -> RunApproval:
-    from jobs.selectors import parse_uuid
-
     approval = RunApproval.objects.filter(
         agent=agent, id=parse_uuid(approval_id)
     ).first()
@@ -160,7 +155,7 @@ def run_approval_decide(
         function=approval.function,
         site=approval.agent.site,
     )
-    _publish(approval_channel(approval.id))
+    publish_on_commit(approval_channel(approval.id))
     approval.refresh_from_db()
     return approval
 
@@ -186,8 +181,3 @@ def _statement(approval: RunApproval, user, now) -> dict:
             now + timedelta(seconds=settings.HPCSERA["APPROVAL_SECONDS"])
         ),
     }
-
-
-def _publish(channel: str) -> None:
-    # After the commit: a woken waiter must find the change in the database.
-    transaction.on_commit(lambda: hub().publish(channel))

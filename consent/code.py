@@ -23,10 +23,13 @@ from django.utils import timezone
 
 from consent.archives import Listing, UnsafeEntry, archive_list, entry_name
 from consent.models import CodeUpload, Deployment
+from consent.services import inbox_channel
 from hpcsera.errors import BadInput, Conflict, NotFound, TooMany
-from hpcsera.notify import hub
+from hpcsera.notify import publish_on_commit
 from jobs import validation
 from jobs.models import Agent
+from jobs.selectors import parse_uuid
+from jobs.services import work_channel
 from tokens import roles
 from tokens.audit import client_ip, security_event_record
 from tokens.models import SecurityEvent, Token
@@ -131,9 +134,7 @@ def code_upload_create(
     )
     logger.info("%s code for %s uploaded, waiting for consent", upload.id, function)
     # The inbox page of the owner shows it without a reload.
-    from consent.services import inbox_channel
-
-    _publish(inbox_channel(token.user_id))
+    publish_on_commit(inbox_channel(token.user_id))
     return upload
 
 
@@ -215,12 +216,13 @@ def uploads_visible(*, token: Token) -> QuerySet[CodeUpload]:
 
 
 def upload_get(*, token: Token, upload_id) -> CodeUpload:
-    from jobs.selectors import parse_uuid
-
-    uploads_expire_due()
     upload = uploads_visible(token=token).filter(id=parse_uuid(upload_id)).first()
     if upload is None:
         raise NotFound("No such upload.")
+    # run_timers sweeps them all; a reader need not wait for it.
+    if upload.state == CodeUpload.State.PENDING and upload.is_expired():
+        uploads_expire_due(pk=upload.pk)
+        upload.refresh_from_db()
     return upload
 
 
@@ -238,7 +240,7 @@ def code_upload_decide(
     if upload.state != CodeUpload.State.PENDING:
         raise Conflict(f"This upload is already {upload.state}.", code="decided")
     if upload.is_expired(now):
-        uploads_expire_due()
+        uploads_expire_due(pk=upload.pk)
         raise Conflict("This upload expired before it was approved.", code="expired")
     if approve:
         content = CodeUpload.objects.filter(pk=upload.pk).values_list(
@@ -278,11 +280,9 @@ def code_upload_decide(
         sha256=upload.sha256,
     )
     logger.info("%s code %s", upload.id, fields["state"])
-    _publish(upload_channel(upload.id))
+    publish_on_commit(upload_channel(upload.id))
     if approve:
-        from jobs.services import work_channel
-
-        _publish(work_channel(upload.user_id, upload.tag))
+        publish_on_commit(work_channel(upload.user_id, upload.tag))
     upload.refresh_from_db()
     return upload
 
@@ -324,16 +324,16 @@ def code_upload_withdraw(*, upload: CodeUpload, request=None) -> CodeUpload:
         )
     if changed:
         logger.info("%s code withdrawn by its sender", upload.id)
-        _publish(upload_channel(upload.id))
+        publish_on_commit(upload_channel(upload.id))
     return upload
 
 
-def uploads_expire_due() -> int:
-    """Pending uploads past their time: deleted bytes, state expired."""
+def uploads_expire_due(pk=None) -> int:
+    """Pending uploads past their time (all, or the one `pk`): deleted bytes,
+    state expired."""
     now = timezone.now()
-    expired = CodeUpload.objects.filter(
-        state=CodeUpload.State.PENDING, expires_at__lte=now
-    ).update(
+    due = CodeUpload.objects.filter(state=CodeUpload.State.PENDING, expires_at__lte=now)
+    expired = (due.filter(pk=pk) if pk is not None else due).update(
         state=CodeUpload.State.EXPIRED,
         content=b"",
         decided_at=now,
@@ -393,8 +393,6 @@ def deployments_offer(
 
 
 def deployment_get(*, agent: Agent, deployment_id) -> Deployment:
-    from jobs.selectors import parse_uuid
-
     deployment = (
         Deployment.objects.filter(agent=agent, id=parse_uuid(deployment_id))
         .select_related("upload")
@@ -445,10 +443,5 @@ def deployment_report(
             deployment.agent.site,
             state,
         )
-        _publish(upload_channel(deployment.upload_id))
+        publish_on_commit(upload_channel(deployment.upload_id))
     return deployment
-
-
-def _publish(channel: str) -> None:
-    # After the commit: a woken waiter must find the change in the database.
-    transaction.on_commit(lambda: hub().publish(channel))

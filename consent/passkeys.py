@@ -41,9 +41,10 @@ from fido2.webauthn import (
 )
 
 from consent import signing
-from consent.approvals import _publish, _statement, approval_channel
+from consent.approvals import _statement, approval_channel
 from consent.models import Passkey, RunApproval
 from hpcsera.errors import BadInput, Conflict, NotFound
+from hpcsera.notify import publish_on_commit
 from tokens.audit import security_event_record
 from tokens.models import SecurityEvent
 
@@ -304,7 +305,7 @@ def run_approval_passkey_decide(
         site=approval.agent.site,
         passkey_id=str(passkey.id),
     )
-    _publish(approval_channel(approval.id))
+    publish_on_commit(approval_channel(approval.id))
     approval.refresh_from_db()
     return approval
 

@@ -19,7 +19,7 @@ from consent.keys import parse_public_key
 from consent.models import AuthRequest, Client
 from consent.oauth import OAuthError
 from hpcsera.errors import BadInput
-from hpcsera.notify import hub
+from hpcsera.notify import publish_on_commit
 from tokens import roles as role_names
 from tokens.audit import client_ip, security_event_record
 from tokens.models import SecurityEvent, Token
@@ -126,8 +126,7 @@ def auth_request_create(
             expires_at=now + timedelta(seconds=lifetime),
             interval=limits["POLL_INTERVAL_SECONDS"],
         )
-        channel = inbox_channel(user.pk)
-        transaction.on_commit(lambda: hub().publish(channel))
+        publish_on_commit(inbox_channel(user.pk))
         transaction.on_commit(lambda: _notify_by_mail(auth))
     logger.info("%s token request from client %s", auth.id, client.client_id)
     return request_id, auth

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from consent import passkeys as passkey_services
 from consent.approvals import run_approval_decide
-from consent.code import code_upload_decide, uploads_expire_due
+from consent.code import code_upload_decide
 from consent.models import AuthRequest, Client, CodeUpload, Passkey, RunApproval
 from consent.services import auth_request_decide, client_register, client_revoke
 from hpcsera.errors import ApiError, BadInput
@@ -77,7 +77,7 @@ def _pending(request: HttpRequest):
 
 
 def _pending_uploads(request: HttpRequest):
-    uploads_expire_due()
+    # Expired ones are left out here; run_timers deletes their bytes.
     return (
         CodeUpload.objects.filter(
             user=request.user,

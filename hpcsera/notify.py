@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
+from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,12 @@ def hub() -> Hub:
         if _hub is None:
             _hub = Hub(settings.REDIS_URL)
         return _hub
+
+
+def publish_on_commit(channel: str) -> None:
+    """Wake the waiters of `channel` once the current transaction commits: a
+    woken waiter must find the change in the database."""
+    transaction.on_commit(lambda: hub().publish(channel))
 
 
 def wait_until(

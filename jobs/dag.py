@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from hpcsera.errors import BadInput, Conflict
-from hpcsera.notify import hub
+from hpcsera.notify import publish_on_commit
 from jobs import callbacks, documents, selectors
 from jobs.models import (
     ALLOWED_FROM,
@@ -254,13 +254,11 @@ def _publish_agent(call_id: Any) -> None:
 
 
 def _publish_work(user_id: int, tag: str) -> None:
-    channel = work_channel(user_id, tag)
-    transaction.on_commit(lambda: hub().publish(channel))
+    publish_on_commit(work_channel(user_id, tag))
 
 
 def _publish_call(call_id: Any) -> None:
-    channel = call_channel(call_id)
-    transaction.on_commit(lambda: hub().publish(channel))
+    publish_on_commit(call_channel(call_id))
 
 
 def call_finish(

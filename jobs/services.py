@@ -12,7 +12,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from hpcsera.errors import Conflict, NotFound
-from hpcsera.notify import hub
+from hpcsera.notify import hub, publish_on_commit
 from jobs import leases
 from jobs.chains import calls_lease_ahead
 from jobs.channels import call_channel, work_channel
@@ -79,8 +79,7 @@ def faas_submit(
             callback_url=callback_url,
             state=CallState.READY,
         )
-        channel = work_channel(token.user_id, token.tag)
-        transaction.on_commit(lambda: hub().publish(channel))
+        publish_on_commit(work_channel(token.user_id, token.tag))
     logger.debug("%s queued %s (%s)", call.id, function, mode)
     return call
 
