@@ -184,7 +184,11 @@ def _decide(request: HttpRequest, found, act) -> HttpResponse:
     needs a recent login, denying never does."""
     if found is None:
         raise Http404
-    approve = request.POST.get("decision") == "approve"
+    decision = request.POST.get("decision")
+    if decision not in ("approve", "deny"):
+        # Denying deletes code: only an explicit choice does it.
+        return _refuse(request, "Choose approve or deny.", 400)
+    approve = decision == "approve"
     if approve and (refused := _stale_login(request)):
         return refused
     try:

@@ -523,3 +523,37 @@ def test_operators_see_uploads_in_the_admin_but_never_the_code(uploader, alice_w
     assert SCRIPT.decode() not in page.content.decode()
     assert operator.get("/admin/consent/codeupload/add/").status_code == 403
     assert stored(upload_id).state == CodeUpload.State.APPROVED
+
+
+def test_a_decision_that_is_neither_approve_nor_deny_changes_nothing(
+    uploader, alice_web
+):
+    upload_id = send(uploader)
+
+    answer = alice_web.post(
+        f"/ui/code/{upload_id}/decide", {"decision": "maybe", "sha256": DIGEST}
+    )
+
+    assert answer.status_code == 400
+    assert stored(upload_id).state == CodeUpload.State.PENDING
+    assert bytes(stored(upload_id).content) == SCRIPT
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"state": "installed"}, {"state": "deployed", "reason": "x" * 2001}, {}],
+)
+def test_a_malformed_deployment_report_is_refused_and_changes_nothing(
+    uploader, alice_web, agent, body
+):
+    decide(alice_web, send(uploader))
+    [offer] = agent.offers()
+
+    answer = agent.client.post(
+        f"/api/agent/v1/agents/{agent.id}/deployments/{offer['id']}/report",
+        body,
+        format="json",
+    )
+
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_input"
+    assert Deployment.objects.get(id=offer["id"]).state == "offered"

@@ -446,3 +446,14 @@ def test_the_inbox_shows_the_arguments_as_json_and_who_submitted_the_call(
 
     assert "{&quot;name&quot;: &quot;\u00c9ve&quot;}" in html
     assert "token <strong>nightly-ci</strong>" in html
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1"])
+def test_a_malformed_wait_is_refused(agent, held_call, wait):
+    approval_id = ask(agent, asked(held_call)).json()["id"]
+
+    answer = agent["client"].get(
+        f"/api/agent/v1/agents/{agent['id']}/approvals/{approval_id}?wait={wait}"
+    )
+
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_input"
